@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import tempfile
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+FAMILIES = ("timing", "uplift", "credit")
 
 
 def synth_safely(n_customers: int, seed: int, out_dir: Path, *, overwrite: bool = False) -> dict[str, Path]:
@@ -58,6 +60,14 @@ def main_job(n_customers: int = 20_000, seed: int = 0, workdir: Path = Path("run
         "synthetic_data": str(synth_dir),
         "data_summary_run": run_id,
         "rows": {k: len(v) for k, v in tables.items()},
-        "seconds": round(time.perf_counter() - t0, 1),
     }
+    del d, tables
+    for family in FAMILIES:
+        if not (Path(__file__).parent / family / "jobs.py").is_file():
+            continue
+        step = importlib.import_module(f"offerlab.{family}.jobs").main_job_step
+        t1 = time.perf_counter()
+        log.info("main job: training and scoring %s", family)
+        result[family] = {**step(synth_dir, workdir / family), "seconds": round(time.perf_counter() - t1, 1)}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
