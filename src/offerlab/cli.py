@@ -138,6 +138,48 @@ def run_main(n_customers: int, seed: int, workdir: str) -> None:
     click.echo(json.dumps(result, indent=1, default=str))
 
 
+@main.command("promote")
+@click.argument("family", type=click.Choice(FAMILIES))
+@click.option("--run", "run_id", required=True, help="MLflow run id of the candidate (its model must be logged as 'model').")
+@click.option("--alias", default="champion", show_default=True, help="Alias to move if the candidate wins.")
+def promote_cmd(family: str, run_id: str, alias: str) -> None:
+    """Register a run's model and move the alias only if it beats the current holder.
+
+    The comparison uses the family's primary metric on the same evaluation data; a refused candidate
+    is not registered and the alias stays where it was (exit code 1).
+
+    \b
+    Example:
+      offerlab promote credit --run 3f2a9c...
+    """
+    from offerlab.registry import promote
+
+    decision = promote(family, run_id, alias=alias)
+    click.echo(("promoted: " if decision.promoted else "not promoted: ") + decision.reason)
+    if not decision.promoted:
+        sys.exit(1)
+
+
+@main.command("models")
+@click.option("--family", type=click.Choice(FAMILIES), default=None, help="Only this family.")
+def models_cmd(family: str | None) -> None:
+    """List registered model versions with their aliases and primary metric.
+
+    \b
+    Example:
+      offerlab models --family timing
+    """
+    from offerlab.registry import list_models
+
+    rows = list_models(family)
+    if not rows:
+        click.echo("no registered models")
+    for r in rows:
+        metric = [(k, v) for k, v in r.items() if k not in ("model", "version", "aliases", "run_id")]
+        shown = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in metric)
+        click.echo(f"{r['model']} v{r['version']} [{', '.join(r['aliases']) or '-'}] run {r['run_id']} {shown}")
+
+
 class FamilyGroup(click.Group):
     """`train` / `bench`: one subcommand per family whose `offerlab.<family>.cli` exists, imported on use.
 
