@@ -1,0 +1,711 @@
+"""Synthetic marketplace with ground truth: the project's embedded default data set (DESIGN.md "Data sets").
+
+Customers carry latent traits (purchase regularity, mean gap, drop-out, spend, price sensitivity, risk);
+their purchase histories come from a known renewal process with drop-out, a randomised multi-level
+discount campaign has a known per-customer effect, and credit applications have a known default
+probability. The ground truth is written beside the tables so every model can be scored against the
+oracle. Everything is vectorised over customers and events; the only Python loop is over customer
+chunks, each with its own random generator spawned from `np.random.SeedSequence(seed)`, so the same
+(seed, n_customers, start, end, chunk_size) always gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from scipy import special, stats
+
+GENERATOR_VERSION = 1
+DAY_NS = 86_400 * 10**9
+
+# --- observable customer attributes -------------------------------------------------------------------
+REGIONS = ("north", "south", "east", "west", "central")
+REGION_P = np.array([0.22, 0.20, 0.20, 0.18, 0.20])
+REGION_PRICE_SENS = np.array([-0.35, 0.45, 0.10, -0.20, 0.0])  # shifts latent price sensitivity
+REGION_CONV = np.array([0.10, -0.10, 0.0, 0.15, -0.05])  # shifts baseline campaign conversion (logit)
+AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
+AGE_P = np.array([0.12, 0.24, 0.22, 0.18, 0.14, 0.10])
+AGE_LO = np.array([18, 25, 35, 45, 55, 65])
+AGE_HI = np.array([24, 34, 44, 54, 64, 79])
+CHANNELS = ("web", "app", "store", "referral")
+CHANNEL_P = np.array([0.40, 0.30, 0.20, 0.10])
+CHANNEL_DROP = np.array([1.0, 0.8, 1.1, 0.7])  # multiplies the drop-out probability
+
+# --- categories ----------------------------------------------------------------------------------------
+CATEGORIES = (
+    "grocery", "household", "personal_care", "baby", "pet",
+    "beauty", "fashion", "electronics", "home", "books",
+)  # fmt: skip
+CAT_POP = np.array([0.20, 0.13, 0.11, 0.05, 0.07, 0.09, 0.13, 0.07, 0.08, 0.07])
+CAT_REPLENISH = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)  # favoured by regular buyers
+CAT_DEAL = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 0], dtype=bool)  # favoured by price-sensitive buyers
+CAT_PRICE = np.array([0.8, 0.9, 0.7, 1.0, 0.9, 1.0, 1.4, 2.5, 1.6, 0.6])  # amount multiplier
+CAT_EXTRA_QTY = np.array([2.0, 1.0, 1.0, 1.5, 1.0, 0.5, 0.3, 0.1, 0.3, 0.4])  # quantity = 1 + Poisson(.)
+PREF_CONCENTRATION = 3.0
+SEASON = np.array([0.9, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.1, 1.3])  # amount factor by month
+AMOUNT_NOISE_SD = 0.4
+
+# --- campaign ------------------------------------------------------------------------------------------
+LEVELS = ("control", "discount_05", "discount_10", "discount_15")
+CONTROL = "control"
+DISCOUNTS = {"control": 0.0, "discount_05": 0.05, "discount_10": 0.10, "discount_15": 0.15}
+ASSIGN_P = {"control": 0.25, "discount_05": 0.25, "discount_10": 0.25, "discount_15": 0.25}
+CONTACT_COST = 0.10
+MARGIN = 0.40
+CAMPAIGN_WINDOW_DAYS = 30.0
+BASKET_UPLIFT_PER_DISCOUNT = 1.5  # expected basket x (1 + 1.5 * discount)
+BASKET_NOISE_SD = 0.4
+# campaign response: logit p_control = C_BASE + C_ACT act + ... - C_DEAD dead; treated adds
+# resp (d / 0.15) ** curv - dog, resp = softplus(C_R0 + C_R1 price_sens), curv = C_EXP exp(0.6 z_spend),
+# dog = C_DOG sigmoid(C_DS (act - C_DA)) sigmoid(-C_DP price_sens)
+C_BASE, C_ACT, C_DEAD = -3.3, 3.4, 0.8
+C_R0, C_R1, C_EXP = 0.6, 1.2, 0.6
+C_DOG, C_DS, C_DA, C_DP = 0.6, 10.0, 0.75, 3.0
+
+# --- credit --------------------------------------------------------------------------------------------
+APPLY_RATE = 0.25
+TERMS = np.array([3, 6, 12, 24])
+HOUSING = ("own", "rent", "free")
+PURPOSES = ("electronics", "furniture", "appliances", "fashion", "travel", "education", "other")
+PURPOSE_P = np.array([0.25, 0.18, 0.17, 0.12, 0.10, 0.06, 0.12])
+PURPOSE_RISK = np.array([0.0, -0.1, -0.15, 0.25, 0.35, -0.2, 0.1])
+
+FILES = {
+    "transactions": "transactions.parquet",
+    "customers": "customers.parquet",
+    "campaign": "campaign.parquet",
+    "applications": "applications.parquet",
+    "truth_timing": "truth/timing.parquet",
+    "truth_campaign": "truth/campaign.parquet",
+    "truth_credit": "truth/credit.parquet",
+}
+META_FILE = "meta.json"
+
+_TS = pa.timestamp("ns")
+SCHEMAS: dict[str, pa.Schema] = {
+    "transactions": pa.schema(
+        [
+            ("customer_id", pa.string()),
+            ("timestamp", _TS),
+            ("amount", pa.float64()),
+            ("category", pa.string()),
+            ("quantity", pa.int64()),
+            ("order_id", pa.string()),
+        ]
+    ),
+    "customers": pa.schema(
+        [
+            ("customer_id", pa.string()),
+            ("region", pa.string()),
+            ("age_band", pa.string()),
+            ("signup_channel", pa.string()),
+            ("acquired_at", _TS),
+        ]
+    ),
+    "campaign": pa.schema(
+        [
+            ("customer_id", pa.string()),
+            ("treatment", pa.string()),
+            ("conversion", pa.int64()),
+            ("revenue", pa.float64()),
+            ("cost", pa.float64()),
+            ("propensity", pa.float64()),
+        ]
+    ),
+    "applications": pa.schema(
+        [
+            ("application_id", pa.string()),
+            ("customer_id", pa.string()),
+            ("applied_at", _TS),
+            ("requested_amount", pa.float64()),
+            ("income", pa.float64()),
+            ("term_months", pa.int64()),
+            ("age", pa.int64()),
+            ("employment_years", pa.float64()),
+            ("housing", pa.string()),
+            ("purpose", pa.string()),
+            ("existing_credits", pa.int64()),
+            ("default", pa.int64()),
+        ]
+    ),
+    "truth_timing": pa.schema(
+        [
+            ("customer_id", pa.string()),
+            ("shape", pa.float64()),
+            ("scale", pa.float64()),
+            ("mean_gap_days", pa.float64()),
+            ("p_drop", pa.float64()),
+            *[(f"p_cat_{c}", pa.float64()) for c in CATEGORIES],
+            ("p_repeat_cat", pa.float64()),
+            ("spend_level", pa.float64()),
+            ("n_purchases_total", pa.int64()),
+            ("alive_at_end", pa.int64()),
+        ]
+    ),
+    "truth_campaign": pa.schema(
+        [("customer_id", pa.string())]
+        + [(f"{q}_{lv}", pa.float64()) for lv in LEVELS for q in ("p_conv", "exp_revenue", "exp_cost")]
+    ),
+    "truth_credit": pa.schema([("application_id", pa.string()), ("true_pd", pa.float64())]),
+}
+
+PROCESS = {
+    "customers": (
+        "Observable attributes region, age_band, signup_channel; acquired_at = first purchase, uniform in the "
+        "first min(365, span/2) days. Latent traits (in truth tables only where noted): gamma shape k "
+        "(lognormal around 2, clipped to [0.6, 9]; higher for the app channel), mean gap (lognormal around "
+        "24 days), p_drop ~ Beta(2, 32) x channel factor, spend_level (lognormal around 35), price sensitivity "
+        "(region, low spend, taste for beauty/fashion/electronics), risk (irregular, low-spend, young)."
+    ),
+    "timing": (
+        "Renewal process with drop-out: after each purchase the customer stops for good with probability "
+        "p_drop, otherwise the next gap (days, continuous) ~ Gamma(shape, scale), scale = mean_gap_days/shape. "
+        "Events at or after observation_end are cut. Timing has no seasonality."
+    ),
+    "categories": (
+        "Per-customer preferences p_cat_* ~ Dirichlet(3 x popularity, tilted to replenishment categories for "
+        "regular buyers). The first purchase draws from p_cat_*; each later one repeats the previous "
+        "category with probability p_repeat_cat, else draws afresh from p_cat_*."
+    ),
+    "amounts": (
+        "amount = spend_level x category_price_factor x season_factor[month] x LogNormal(mean 1, sd-log 0.4), "
+        "rounded to cents; quantity = 1 + Poisson(category_extra_quantity)."
+    ),
+    "campaign": (
+        "All customers acquired before campaign_date, assigned at random to the levels with assignment_probs. "
+        "act = P(purchase within 30 days | alive, time since last purchase) under the true gamma process, 0 if "
+        "the customer has dropped out (dead). logit p_control = -3.3 + 3.4 act + 0.25 z_spend + region effect "
+        "- 0.8 dead; a treated level with discount d adds resp (d/0.15)^curv - dog, where resp = softplus(0.6 + "
+        "1.2 price_sens) (1 - 0.75 dead), curv = clip(0.6 exp(0.6 z_spend), 0.25, 2.5) (big spenders need deep "
+        "discounts) and dog = 0.6 sigmoid(10 (act - 0.75)) sigmoid(-3 price_sens) (sleeping dogs: about to buy "
+        "anyway, price-insensitive, put off by the contact). basket = 1.1 spend_level (1 + 1.5 d) x "
+        "LogNormal(mean 1, sd-log 0.4); revenue = basket (1 - d) if converted else 0; cost = basket d if "
+        "converted + contact_cost if treated. truth: exp_revenue = p E[basket] (1 - d), exp_cost = p E[basket] d "
+        "+ contact_cost 1[treated]."
+    ),
+    "credit": (
+        "25% of customers apply once, uniformly between acquisition and observation_end. true_pd = sigmoid("
+        "-1.95 + 0.6 risk + 0.45 log(requested/monthly income) + 0.02 term + 0.0009 (age-40)^2 "
+        "- 0.35 log1p(employment_years) + 0.35 rent + 0.2 free + 0.25 existing_credits + purpose effect "
+        "- 0.3 log(shape/2) - 0.25 z_spend - 0.25 log1p(purchases in the 180 days before applied_at) "
+        "+ 0.4 [no purchase in those 180 days]); default ~ Bernoulli(true_pd)."
+    ),
+}
+
+
+@dataclass
+class SynthData:
+    """Generated tables, ground truth and metadata (see `FILES` and DESIGN.md)."""
+
+    transactions: pd.DataFrame
+    customers: pd.DataFrame
+    campaign: pd.DataFrame
+    applications: pd.DataFrame
+    truth_timing: pd.DataFrame
+    truth_campaign: pd.DataFrame
+    truth_credit: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return special.expit(x)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x)
+
+
+def _ids(prefix: str, nums: np.ndarray, width: int = 7) -> pa.Array:
+    """Zero-padded string identifiers such as 'c0000001' (vectorised in Arrow)."""
+    s = pc.cast(pa.array(np.asarray(nums, dtype=np.int64)), pa.string())
+    return pc.binary_join_element_wise(prefix, pc.utf8_lpad(s, width, "0"), "")
+
+
+def _take_str(values: tuple[str, ...], idx: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.string()).take(pa.array(np.asarray(idx, dtype=np.int64)))
+
+
+def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One draw per row from the row-wise categorical distributions `probs` (n, K)."""
+    cum = np.cumsum(probs, axis=1)
+    u = rng.random(len(probs)) * cum[:, -1]
+    return np.minimum((u[:, None] >= cum).sum(axis=1), probs.shape[1] - 1)
+
+
+def _days_to_ns(t_days: np.ndarray, start_ns: int) -> np.ndarray:
+    return start_ns + np.round(t_days * DAY_NS).astype(np.int64)
+
+
+def _window(start: str, end: str) -> dict:
+    """Observation window in days: [start 00:00, end + 1 day 00:00), i.e. `end` is the last whole day."""
+    t0 = pd.Timestamp(start).normalize()
+    t_end = pd.Timestamp(end).normalize() + pd.Timedelta(days=1)
+    span = (t_end - t0) / pd.Timedelta(days=1)
+    if span < 60:
+        raise ValueError(f"the window {start}..{end} is too short (need at least 60 days)")
+    acq_days = min(365.0, span / 2)
+    campaign = t0 + pd.Timedelta(days=math.floor(0.75 * (span - 1)))
+    return {
+        "t0": t0,
+        "t_end": t_end,
+        "start_ns": int(t0.value),
+        "horizon": float(span),
+        "acq_days": float(acq_days),
+        "campaign_date": campaign,
+        "t_campaign": float((campaign - t0) / pd.Timedelta(days=1)),
+    }
+
+
+def build_meta(n_customers: int, seed: int, start: str, end: str, chunk_size: int) -> dict:
+    """The meta.json content: parameters, levels and costs, categories and the process description."""
+    w = _window(start, end)
+    return {
+        "generator": "offerlab.data.synth",
+        "version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "n_customers": int(n_customers),
+        "chunk_size": int(chunk_size),
+        "start": str(w["t0"].date()),
+        "end": str((w["t_end"] - pd.Timedelta(days=1)).date()),
+        "observation_end": w["t_end"].isoformat(),
+        "acquisition_window_days": w["acq_days"],
+        "campaign_date": str(w["campaign_date"].date()),
+        "campaign_window_days": CAMPAIGN_WINDOW_DAYS,
+        "levels": list(LEVELS),
+        "control": CONTROL,
+        "discounts": dict(DISCOUNTS),
+        "assignment_probs": dict(ASSIGN_P),
+        "contact_cost": CONTACT_COST,
+        "margin": MARGIN,
+        "profit": "margin * revenue - cost (revenue is net of the discount; cost = discount paid + contact)",
+        "categories": list(CATEGORIES),
+        "category_price_factor": dict(zip(CATEGORIES, CAT_PRICE.tolist(), strict=True)),
+        "category_extra_quantity": dict(zip(CATEGORIES, CAT_EXTRA_QTY.tolist(), strict=True)),
+        "season_factor_by_month": {str(m + 1): float(f) for m, f in enumerate(SEASON)},
+        "regions": list(REGIONS),
+        "age_bands": list(AGE_BANDS),
+        "signup_channels": list(CHANNELS),
+        "housing": list(HOUSING),
+        "purposes": list(PURPOSES),
+        "terms_months": TERMS.tolist(),
+        "files": dict(FILES),
+        "process": dict(PROCESS),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# oracle helpers
+# ----------------------------------------------------------------------------------------------------------
+def _truth_arrays(truth: pd.DataFrame | Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.asarray(truth["shape"], dtype=float),
+        np.asarray(truth["scale"], dtype=float),
+        np.asarray(truth["p_drop"], dtype=float),
+    )
+
+
+def true_prob_purchase_within(
+    truth: pd.DataFrame | Mapping, elapsed_days: np.ndarray | float, k_days: np.ndarray | float
+) -> np.ndarray:
+    """Oracle P(next purchase within `k_days` | no purchase for `elapsed_days` since the last one).
+
+    (1-p)(F(e+k) - F(e)) / (p + (1-p)(1 - F(e))) with F the Gamma(shape, scale) cdf; row-wise over `truth`
+    (columns shape, scale, p_drop), broadcast against `elapsed_days` and `k_days`.
+    """
+    k, theta, p = _truth_arrays(truth)
+    e = np.asarray(elapsed_days, dtype=float)
+    kd = np.asarray(k_days, dtype=float)
+    sf_e = stats.gamma.sf(e, k, scale=theta)
+    sf_ek = stats.gamma.sf(e + kd, k, scale=theta)
+    num = (1 - p) * (sf_e - sf_ek)
+    den = p + (1 - p) * sf_e
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
+
+
+def true_gap_logpdf(truth: pd.DataFrame | Mapping, gaps: np.ndarray, censored: np.ndarray) -> np.ndarray:
+    """Oracle log-likelihood of observed gaps (days), row-wise over `truth`.
+
+    Observed gap g: log((1-p) f(g)); censored at g (no purchase seen for g days): log(p + (1-p)(1 - F(g))).
+    """
+    k, theta, p = _truth_arrays(truth)
+    g = np.asarray(gaps, dtype=float)
+    cens = np.asarray(censored, dtype=bool)
+    with np.errstate(divide="ignore"):
+        ev = np.log1p(-p) + stats.gamma.logpdf(g, k, scale=theta)
+        ce = np.logaddexp(np.log(p), np.log1p(-p) + stats.gamma.logsf(g, k, scale=theta))
+    return np.where(cens, ce, ev)
+
+
+def true_expected_profit(truth_campaign: pd.DataFrame, meta: Mapping | None = None) -> pd.DataFrame:
+    """Expected profit per customer and level, margin * exp_revenue - exp_cost (columns = levels)."""
+    margin = MARGIN if meta is None else float(meta["margin"])
+    levels = list(LEVELS) if meta is None else list(meta["levels"])
+    return pd.DataFrame(
+        {lv: margin * truth_campaign[f"exp_revenue_{lv}"] - truth_campaign[f"exp_cost_{lv}"] for lv in levels},
+        index=truth_campaign.index,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one chunk
+# ----------------------------------------------------------------------------------------------------------
+def _traits(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    region = rng.choice(len(REGIONS), size=n, p=REGION_P)
+    age = rng.choice(len(AGE_BANDS), size=n, p=AGE_P)
+    channel = rng.choice(len(CHANNELS), size=n, p=CHANNEL_P)
+    app = (channel == CHANNELS.index("app")).astype(float)
+    age_c = (age - 2.3) / 1.5
+    log_k = np.log(2.0) + 0.35 * app + 0.15 * age_c + rng.normal(0.0, 0.6, n)
+    shape = np.clip(np.exp(log_k), 0.6, 9.0)
+    mean_gap = np.clip(np.exp(np.log(24.0) - 0.1 * app + 0.08 * age_c + rng.normal(0.0, 0.45, n)), 4.0, 240.0)
+    p_drop = np.clip(rng.beta(2.0, 32.0, n) * CHANNEL_DROP[channel], 0.004, 0.6)
+    z_spend = 0.2 * age_c + rng.normal(0.0, 0.98, n)
+    spend = 35.0 * np.exp(0.55 * z_spend)
+    zk = (np.log(shape) - np.log(2.0)) / 0.6
+    tilt = np.exp(np.where(CAT_REPLENISH, 0.5, -0.5)[None, :] * zk[:, None])
+    alpha = PREF_CONCENTRATION * CAT_POP[None, :] * tilt
+    g = rng.standard_gamma(alpha)
+    prefs = g / g.sum(axis=1, keepdims=True)
+    prefs = np.maximum(prefs, 1e-12)
+    prefs /= prefs.sum(axis=1, keepdims=True)
+    deal_share = prefs[:, CAT_DEAL].sum(axis=1)
+    price_sens = REGION_PRICE_SENS[region] - 0.45 * z_spend + 1.5 * (deal_share - 0.29) + rng.normal(0.0, 0.6, n)
+    p_repeat = rng.beta(2.0, 5.0, n)
+    risk = -0.35 * zk - 0.3 * z_spend + 0.25 * (age == 0) + rng.normal(0.0, 0.8, n)
+    return {
+        "region": region, "age": age, "channel": channel, "shape": shape, "mean_gap": mean_gap,
+        "p_drop": p_drop, "z_spend": z_spend, "spend": spend, "prefs": prefs, "price_sens": price_sens,
+        "p_repeat": p_repeat, "risk": risk,
+    }  # fmt: skip
+
+
+def _events(rng: np.random.Generator, tr: dict, w: dict) -> dict[str, np.ndarray]:
+    """Purchase times (days since start) as flat arrays sorted by customer then time."""
+    n = len(tr["shape"])
+    acq = rng.random(n) * w["acq_days"]
+    n_total = rng.geometric(tr["p_drop"])  # purchases before drop-out, >= 1 (may run past the window)
+    rem = w["horizon"] - acq
+    m = rem / tr["mean_gap"]
+    cap = np.ceil(2.0 * m + 12.0 * np.sqrt(m / tr["shape"]) + 10.0).astype(np.int64)
+    scale = tr["mean_gap"] / tr["shape"]
+    for _ in range(10):
+        n_gaps = np.minimum(n_total - 1, cap)
+        lengths = n_gaps + 1
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        cust = np.repeat(np.arange(n), lengths)
+        v = rng.gamma(tr["shape"][cust], scale[cust])
+        v[starts] = 0.0
+        cs = np.cumsum(v)  # segmented cumsum: subtract each customer's running total at its first event
+        t = np.maximum(np.repeat(acq - cs[starts], lengths) + cs, np.repeat(acq, lengths))
+        t[starts] = acq  # exact first event; rounding elsewhere stays monotone and >= acq
+        last = t[starts + lengths - 1]
+        truncated = (n_gaps == cap) & (n_total - 1 > cap) & (last < w["horizon"])
+        if not truncated.any():
+            break
+        cap = cap * 2  # extend: the cap bit for some customer, draw again with more room
+    else:  # pragma: no cover - needs ~10 failures in a row
+        raise RuntimeError("could not generate enough events per customer")
+    keep = t < w["horizon"]
+    cust, t = cust[keep], t[keep]
+    counts = np.bincount(cust, minlength=n)
+    kstarts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    seq = np.arange(len(t)) - np.repeat(kstarts, counts)
+    return {"acq": acq, "n_total": n_total, "cust": cust, "t": t, "counts": counts, "starts": kstarts, "seq": seq}
+
+
+def _transactions(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, num: np.ndarray) -> pa.Table:
+    cust, seq = ev["cust"], ev["seq"]
+    n_ev = len(cust)
+    fresh = _categorical(rng, tr["prefs"][cust])
+    repeat = (rng.random(n_ev) < tr["p_repeat"][cust]) & (seq > 0)
+    src = np.maximum.accumulate(np.where(repeat, 0, np.arange(n_ev)))
+    cat = fresh[src]
+    ts = _days_to_ns(ev["t"], w["start_ns"])
+    month = ts.astype("datetime64[ns]").astype("datetime64[M]").astype(np.int64) % 12
+    noise = np.exp(rng.normal(-0.5 * AMOUNT_NOISE_SD**2, AMOUNT_NOISE_SD, n_ev))
+    amount = np.round(tr["spend"][cust] * CAT_PRICE[cat] * SEASON[month] * noise, 2)
+    amount = np.maximum(amount, 0.01)
+    qty = 1 + rng.poisson(CAT_EXTRA_QTY[cat])
+    cust_arr = pa.array(cust.astype(np.int64))
+    prefix = pc.binary_join_element_wise(_ids("o", num), pa.scalar("-"), "")
+    seq_str = pc.utf8_lpad(pc.cast(pa.array(seq.astype(np.int64)), pa.string()), 4, "0")
+    return pa.Table.from_arrays(
+        [
+            cid.take(cust_arr),
+            pa.array(ts, _TS),
+            pa.array(amount),
+            _take_str(CATEGORIES, cat),
+            pa.array(qty.astype(np.int64)),
+            pc.binary_join_element_wise(prefix.take(cust_arr), seq_str, ""),
+        ],
+        schema=SCHEMAS["transactions"],
+    )
+
+
+def _before(cust: np.ndarray, t: np.ndarray, key: np.ndarray, stride: float) -> np.ndarray:
+    """Index (global, flat) one past the customer's last event strictly before time t."""
+    return np.searchsorted(key, cust * stride + t, side="left")
+
+
+def _campaign(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, key: np.ndarray, stride: float):
+    tc = w["t_campaign"]
+    elig = np.flatnonzero(ev["acq"] < tc)
+    if len(elig) == 0:
+        return None, None
+    pos = _before(elig, np.full(len(elig), tc), key, stride)
+    n_before = pos - ev["starts"][elig]
+    last_t = ev["t"][pos - 1]
+    elapsed = tc - last_t
+    alive = n_before < ev["n_total"][elig]
+    k, mg = tr["shape"][elig], tr["mean_gap"][elig]
+    th = mg / k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = -np.expm1(
+            stats.gamma.logsf(elapsed + CAMPAIGN_WINDOW_DAYS, k, scale=th) - stats.gamma.logsf(elapsed, k, scale=th)
+        )
+    cond = np.nan_to_num(cond, nan=1.0)
+    act = np.where(alive, cond, 0.0)
+    dead = (~alive).astype(float)
+    ps = tr["price_sens"][elig]
+    lin0 = C_BASE + C_ACT * act + 0.25 * tr["z_spend"][elig] + REGION_CONV[tr["region"][elig]] - C_DEAD * dead
+    resp = _softplus(C_R0 + C_R1 * ps) * (1.0 - 0.75 * dead)
+    curv = np.clip(C_EXP * np.exp(0.6 * tr["z_spend"][elig]), 0.25, 2.5)  # big spenders need deep discounts
+    dog = C_DOG * _sigmoid(C_DS * (act - C_DA)) * _sigmoid(-C_DP * ps)
+    base_basket = 1.1 * tr["spend"][elig]
+    truth_cols, p_conv, e_basket = {}, [], []
+    for lv in LEVELS:
+        d = DISCOUNTS[lv]
+        treated = d > 0
+        p = _sigmoid(lin0 + (resp * (d / 0.15) ** curv - dog if treated else 0.0))
+        eb = base_basket * (1.0 + BASKET_UPLIFT_PER_DISCOUNT * d)
+        p_conv.append(p)
+        e_basket.append(eb)
+        truth_cols[f"p_conv_{lv}"] = p
+        truth_cols[f"exp_revenue_{lv}"] = p * eb * (1.0 - d)
+        truth_cols[f"exp_cost_{lv}"] = p * eb * d + (CONTACT_COST if treated else 0.0)
+    probs = np.array([ASSIGN_P[lv] for lv in LEVELS])
+    arm = rng.choice(len(LEVELS), size=len(elig), p=probs)
+    rows = np.arange(len(elig))
+    p_arm = np.stack(p_conv, axis=1)[rows, arm]
+    eb_arm = np.stack(e_basket, axis=1)[rows, arm]
+    disc = np.array([DISCOUNTS[lv] for lv in LEVELS])[arm]
+    conv = (rng.random(len(elig)) < p_arm).astype(np.int64)
+    basket = eb_arm * np.exp(rng.normal(-0.5 * BASKET_NOISE_SD**2, BASKET_NOISE_SD, len(elig)))
+    revenue = np.round(conv * basket * (1.0 - disc), 2)
+    cost = np.round(conv * basket * disc + np.where(disc > 0, CONTACT_COST, 0.0), 2)
+    ids = cid.take(pa.array(elig.astype(np.int64)))
+    camp = pa.Table.from_arrays(
+        [ids, _take_str(LEVELS, arm), pa.array(conv), pa.array(revenue), pa.array(cost), pa.array(probs[arm])],
+        schema=SCHEMAS["campaign"],
+    )
+    truth = pa.Table.from_arrays(
+        [ids] + [pa.array(truth_cols[f.name]) for f in list(SCHEMAS["truth_campaign"])[1:]],
+        schema=SCHEMAS["truth_campaign"],
+    )
+    return camp, truth
+
+
+def _applications(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, num: np.ndarray, key, stride):
+    n = len(num)
+    app = np.flatnonzero(rng.random(n) < APPLY_RATE)
+    m = len(app)
+    if m == 0:
+        return None, None
+    acq = ev["acq"][app]
+    ta = acq + rng.random(m) * (w["horizon"] - acq)
+    pos = _before(app, ta, key, stride)
+    pos180 = _before(app, np.maximum(ta - 180.0, 0.0), key, stride)
+    n180 = pos - pos180
+    zs = tr["z_spend"][app]
+    band = tr["age"][app]
+    age = AGE_LO[band] + np.floor(rng.random(m) * (AGE_HI[band] - AGE_LO[band] + 1)).astype(np.int64)
+    income = np.round(np.exp(np.log(38_000) + 0.25 * zs - 0.0006 * (age - 48) ** 2 + rng.normal(0.0, 0.45, m)), -1)
+    requested = np.round(np.exp(np.log(1_200) + 0.3 * zs + rng.normal(0.0, 0.8, m)), -1)
+    requested = np.maximum(requested, 50.0)
+    term_idx = np.clip(np.round((np.log(requested) - np.log(1_200)) / 0.8 + 1.5 + rng.normal(0.0, 0.8, m)), 0, 3)
+    term = TERMS[term_idx.astype(np.int64)]
+    emp = np.round(np.minimum(rng.gamma(1.6, 4.0, m), np.maximum(age - 17, 0.0)), 1)
+    p_own = _sigmoid(-1.2 + 0.08 * (age - 30))
+    u = rng.random(m)
+    housing = np.where(u < p_own, 0, np.where(u < p_own + 0.1 * (1 - p_own), 2, 1))
+    purpose = rng.choice(len(PURPOSES), size=m, p=PURPOSE_P)
+    existing = np.minimum(rng.poisson(0.5 + 0.012 * (age - 18)), 6)
+    logit = (
+        -1.95
+        + 0.6 * tr["risk"][app]
+        + 0.45 * np.log(requested / (income / 12.0))
+        + 0.02 * term
+        + 0.0009 * (age - 40.0) ** 2
+        - 0.35 * np.log1p(emp)
+        + 0.35 * (housing == 1)
+        + 0.2 * (housing == 2)
+        + 0.25 * existing
+        + PURPOSE_RISK[purpose]
+        - 0.3 * np.log(tr["shape"][app] / 2.0)
+        - 0.25 * zs
+        - 0.25 * np.log1p(n180)
+        + 0.4 * (n180 == 0)
+    )
+    pd_true = _sigmoid(logit)
+    default = (rng.random(m) < pd_true).astype(np.int64)
+    app_id = _ids("a", num[app])
+    apps = pa.Table.from_arrays(
+        [
+            app_id,
+            cid.take(pa.array(app.astype(np.int64))),
+            pa.array(_days_to_ns(ta, w["start_ns"]), _TS),
+            pa.array(requested),
+            pa.array(income),
+            pa.array(term.astype(np.int64)),
+            pa.array(age.astype(np.int64)),
+            pa.array(emp),
+            _take_str(HOUSING, housing),
+            _take_str(PURPOSES, purpose),
+            pa.array(existing.astype(np.int64)),
+            pa.array(default),
+        ],
+        schema=SCHEMAS["applications"],
+    )
+    truth = pa.Table.from_arrays([app_id, pa.array(pd_true)], schema=SCHEMAS["truth_credit"])
+    return apps, truth
+
+
+def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict) -> dict[str, pa.Table]:
+    num = np.arange(offset + 1, offset + n + 1, dtype=np.int64)
+    cid = _ids("c", num)
+    tr = _traits(rng, n)
+    ev = _events(rng, tr, w)
+    stride = w["horizon"] + 1.0
+    key = ev["cust"] * stride + ev["t"]  # sorted: customer then time
+    out = {"transactions": _transactions(rng, tr, ev, w, cid, num)}
+    out["customers"] = pa.Table.from_arrays(
+        [
+            cid,
+            _take_str(REGIONS, tr["region"]),
+            _take_str(AGE_BANDS, tr["age"]),
+            _take_str(CHANNELS, tr["channel"]),
+            pa.array(_days_to_ns(ev["acq"], w["start_ns"]), _TS),
+        ],
+        schema=SCHEMAS["customers"],
+    )
+    out["campaign"], out["truth_campaign"] = _campaign(rng, tr, ev, w, cid, key, stride)
+    out["applications"], out["truth_credit"] = _applications(rng, tr, ev, w, cid, num, key, stride)
+    timing = {
+        "shape": tr["shape"],
+        "scale": tr["mean_gap"] / tr["shape"],
+        "mean_gap_days": tr["mean_gap"],
+        "p_drop": tr["p_drop"],
+        **{f"p_cat_{c}": tr["prefs"][:, j] for j, c in enumerate(CATEGORIES)},
+        "p_repeat_cat": tr["p_repeat"],
+        "spend_level": tr["spend"],
+        "n_purchases_total": ev["n_total"].astype(np.int64),
+        "alive_at_end": (ev["counts"] < ev["n_total"]).astype(np.int64),
+    }
+    out["truth_timing"] = pa.Table.from_arrays(
+        [cid] + [pa.array(timing[f.name]) for f in list(SCHEMAS["truth_timing"])[1:]], schema=SCHEMAS["truth_timing"]
+    )
+    return out
+
+
+def iter_chunks(
+    n_customers: int, seed: int = 0, start: str = "2023-01-01", end: str = "2024-12-31", chunk_size: int = 100_000
+) -> Iterator[dict[str, pa.Table | None]]:
+    """Yield one dict of Arrow tables (None where a chunk has no rows) per chunk of customers."""
+    if n_customers < 1 or chunk_size < 1:
+        raise ValueError("n_customers and chunk_size must be positive")
+    w = _window(start, end)
+    n_chunks = -(-n_customers // chunk_size)
+    for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n_chunks)):
+        offset = i * chunk_size
+        yield _chunk(np.random.default_rng(ss), offset, min(chunk_size, n_customers - offset), w)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------------
+def generate(
+    n_customers: int, seed: int = 0, start: str = "2023-01-01", end: str = "2024-12-31", chunk_size: int = 100_000
+) -> SynthData:
+    """Generate the synthetic marketplace in memory (use `synth_to_dir` for very large runs)."""
+    parts: dict[str, list[pa.Table]] = {name: [] for name in FILES}
+    for chunk in iter_chunks(n_customers, seed, start, end, chunk_size):
+        for name, tab in chunk.items():
+            if tab is not None and tab.num_rows:
+                parts[name].append(tab)
+    frames = {
+        name: (pa.concat_tables(tabs) if tabs else SCHEMAS[name].empty_table()).to_pandas()
+        for name, tabs in parts.items()
+    }
+    meta = build_meta(n_customers, seed, start, end, chunk_size)
+    meta["rows"] = {name: len(df) for name, df in frames.items()}
+    return SynthData(**frames, meta=meta)
+
+
+def _write_meta(meta: dict, out: Path) -> Path:
+    path = out / META_FILE
+    path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write(data: SynthData, out_dir: str | Path) -> dict[str, Path]:
+    """Write `data` as parquet files (plus truth/ and meta.json) under `out_dir`; returns name -> path."""
+    out = Path(out_dir)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, rel in FILES.items():
+        df = getattr(data, name)
+        tab = pa.Table.from_pandas(df, schema=SCHEMAS[name], preserve_index=False).replace_schema_metadata(None)
+        paths[name] = out / rel
+        pq.write_table(tab, paths[name], compression="zstd")
+    paths["meta"] = _write_meta(data.meta, out)
+    return paths
+
+
+def synth_to_dir(n_customers: int, seed: int, out_dir: str | Path, **kw) -> dict[str, Path]:
+    """Generate chunk by chunk and stream to parquet (one row group per chunk); memory stays per chunk.
+
+    `kw`: start, end, chunk_size as in `generate`. Returns name -> path (tables, truth tables, "meta").
+    """
+    start = kw.pop("start", "2023-01-01")
+    end = kw.pop("end", "2024-12-31")
+    chunk_size = kw.pop("chunk_size", 100_000)
+    if kw:
+        raise TypeError(f"unexpected arguments: {sorted(kw)}")
+    out = Path(out_dir)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    paths = {name: out / rel for name, rel in FILES.items()}
+    writers = {name: pq.ParquetWriter(paths[name], SCHEMAS[name], compression="zstd") for name in FILES}
+    rows = dict.fromkeys(FILES, 0)
+    try:
+        for chunk in iter_chunks(n_customers, seed, start, end, chunk_size):
+            for name, tab in chunk.items():
+                if tab is not None and tab.num_rows:
+                    writers[name].write_table(tab, row_group_size=tab.num_rows)
+                    rows[name] += tab.num_rows
+    finally:
+        for wr in writers.values():
+            wr.close()
+    meta = build_meta(n_customers, seed, start, end, chunk_size)
+    meta["rows"] = rows
+    paths["meta"] = _write_meta(meta, out)
+    return paths
+
+
+def load_synth(out_dir: str | Path) -> SynthData:
+    """Read back the tables, the ground truth and meta.json written by `write` or `synth_to_dir`."""
+    out = Path(out_dir)
+    frames = {name: pq.read_table(out / rel).to_pandas() for name, rel in FILES.items()}
+    meta = json.loads((out / META_FILE).read_text())
+    return SynthData(**frames, meta=meta)
