@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,12 +129,19 @@ def make_storage(url: str):
         path = url.removeprefix("journal:")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
-    return optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=int(os.environ.get("OFFERLAB_TUNE_HEARTBEAT_S", "30")),
-        grace_period=int(os.environ.get("OFFERLAB_TUNE_GRACE_S", "90")),
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-    )
+    last_error: Exception | None = None
+    for attempt in range(5):  # workers starting together race to create the schema; the loser retries
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=int(os.environ.get("OFFERLAB_TUNE_HEARTBEAT_S", "30")),
+                grace_period=int(os.environ.get("OFFERLAB_TUNE_GRACE_S", "90")),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        except Exception as e:  # sqlalchemy IntegrityError / ProgrammingError from the concurrent CREATE
+            last_error = e
+            time.sleep(0.5 * (attempt + 1))
+    raise RuntimeError(f"could not open the Optuna storage {url}: {last_error}") from last_error
 
 
 def _sampler(spec: SamplerSpec):
@@ -164,6 +172,36 @@ class StudyResult:
     parent_run_id: str
 
 
+def _parent_run(family: str, study_name: str, space: SearchSpace, base_config: dict) -> str:
+    """The study's one MLflow parent run, shared by every worker and every resume.
+
+    Found by tag; workers that start together may each create one, then all pick the earliest and the
+    others delete theirs, so every trial ends up under the same parent.
+    """
+    import mlflow
+
+    from offerlab import tracking
+
+    exp_id = tracking.setup(family)
+
+    def existing() -> list[str]:
+        runs = mlflow.search_runs([exp_id], filter_string=f"tags.`offerlab.study` = '{study_name}'",
+                                  order_by=["attributes.start_time ASC"], output_format="list")
+        return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
+
+    found = existing()
+    if found:
+        return found[0]
+    with mlflow.start_run(run_name=f"tune-{study_name}", tags={"offerlab.family": family,
+                                                              "offerlab.study": study_name}) as parent:
+        mlflow.log_dict(space.model_dump(), "search_space.json")
+        mlflow.log_dict(base_config, "base_config.json")
+    chosen = existing()[0]
+    if chosen != parent.info.run_id:
+        mlflow.delete_run(parent.info.run_id)
+    return chosen
+
+
 Objective = Callable[[dict, list], float]
 """(config, extra Lightning callbacks) -> the metric; it runs inside an active MLflow parent run."""
 
@@ -185,7 +223,6 @@ def run_study(
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from offerlab import tracking
 
     for name in space.params:  # refuse a search space that does not fit the config before any work
         set_dotted(copy.deepcopy(base_config), name, None)
@@ -195,15 +232,8 @@ def run_study(
     )
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
-    tracking.setup(family)
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
-    if parent_id is None:
-        with mlflow.start_run(run_name=f"tune-{study_name}", tags={"offerlab.family": family,
-                                                                  "offerlab.study": study_name}) as parent:
-            mlflow.log_dict(space.model_dump(), "search_space.json")
-            mlflow.log_dict(base_config, "base_config.json")
-            parent_id = parent.info.run_id
-        study.set_user_attr("mlflow_parent_run_id", parent_id)
+    parent_id = _parent_run(family, study_name, space, base_config)
+    study.set_user_attr("mlflow_parent_run_id", parent_id)
 
     def _objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
