@@ -81,3 +81,13 @@ def test_example_mapping_loads_cdnow():
     root = Path(__file__).resolve().parents[1]
     t = load_mapped(Path(__import__("os").environ["OFFERLAB_DATA_DIR"]) / "CDNOW_master.txt", root / "configs/data/cdnow_mapping.yaml")
     assert len(t) == 69_659
+
+
+def test_bare_application_file_through_mapping(tmp_path):
+    pd.DataFrame({"amount": [100, 250], "bad": ["yes", "no"]}).to_csv(tmp_path / "a.csv", index=False)
+    (tmp_path / "m.yaml").write_text(
+        "table: applications\ncolumns: {default: bad}\nlabel_values: {'yes': 1, 'no': 0}\nkeep: [amount]\napplied_at: '2020-01-01'\n"
+    )
+    apps = load_mapped(tmp_path / "a.csv", tmp_path / "m.yaml")
+    assert list(apps["customer_id"]) == list(apps["application_id"]) == ["0", "1"]
+    assert apps["default"].tolist() == [1, 0] and (apps["applied_at"] == pd.Timestamp("2020-01-01")).all()

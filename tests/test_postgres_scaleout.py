@@ -38,9 +38,13 @@ def test_two_workers_one_study_on_postgres_with_mlflow_server(tmp_path):
             env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
             workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"best{i}.yaml")], env=env,
                                         cwd=tmp_path, stderr=subprocess.PIPE, text=True) for i in range(2)]
-            for w in workers:
-                _, err = w.communicate(timeout=600)
-                assert w.returncode == 0, err[-3000:]
+            try:
+                for w in workers:
+                    _, err = w.communicate(timeout=600)
+                    assert w.returncode == 0, err[-3000:]
+            finally:
+                for w in workers:
+                    w.kill()
             study = optuna.load_study(study_name="shared", storage=f"{base}/optuna")
             finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
             assert 6 <= len(finished) <= 7  # the target, give or take the one trial a racing worker had in flight

@@ -54,7 +54,10 @@ def setup(family: str, workdir: str | Path | None = None) -> str:
         if uri.startswith("sqlite:///"):
             # keep artifacts beside the local database instead of MLflow's deprecated ./mlruns default
             artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-        exp_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+        try:
+            exp_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:  # another worker created it between our look-up and now
+            exp_id = mlflow.get_experiment_by_name(name).experiment_id
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

@@ -124,6 +124,7 @@ class ColumnMapping(BaseModel):
     treatments: list[str] | None = None
     control: str | None = None
     label_values: dict[str, int] | None = Field(default=None, description="map raw label values to 0/1")
+    applied_at: str | None = Field(default=None, description="one application date for a file that has none")
 
     @field_validator("table")
     @classmethod
@@ -183,8 +184,13 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
             out[col] = mapped.astype(int)
     if m.table == "transactions" and "order_id" not in out.columns:
         out["order_id"] = np.arange(len(out)).astype(str)
-    if m.table == "applications" and "application_id" not in out.columns:
-        out.insert(0, "application_id", np.arange(len(out)).astype(str))
+    if m.table == "applications":
+        if "application_id" not in out.columns:
+            out.insert(0, "application_id", np.arange(len(out)).astype(str))
+        if "customer_id" not in out.columns:  # a bare application table: each application is its own customer
+            out.insert(1, "customer_id", out["application_id"].astype(str))
+        if "applied_at" not in out.columns and m.applied_at is not None:
+            out.insert(2, "applied_at", pd.Timestamp(m.applied_at))
     log.info("loaded %d rows into table %s from %s", len(out), m.table, data_path.name)
     return validate_table(out, m.table, treatments=m.treatments, control=m.control)
 

@@ -1,0 +1,160 @@
+"""The credit benchmark (DESIGN.md): ours and the peers on the same seeded stratified folds.
+
+Every model is fitted on the training folds only (including its feature encoding and calibration)
+and scores the held-out fold; metrics are taken on the pooled out-of-fold predictions, plus the
+per-fold AUC mean and std. On synthetic data the oracle is the true PD: its AUC on the same labels
+is the ceiling, and `auc_gap` = oracle AUC - our AUC.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from offerlab.credit.baselines import PEERS
+from offerlab.credit.config import CreditConfig
+from offerlab.credit.data import application_features
+from offerlab.credit.metrics import auc, credit_metrics
+from offerlab.credit.model import CreditModel
+
+log = logging.getLogger(__name__)
+AUC_ORACLE_GAP_TARGET, ECE_TARGET_SYNTH, ECE_TARGET_REAL = 0.01, 0.01, 0.03
+
+
+@dataclass
+class BenchData:
+    """Applications with labels, their feature rows, and (synthetic only) the true PD."""
+
+    name: str
+    applications: pd.DataFrame
+    X: pd.DataFrame
+    y: np.ndarray
+    true_pd: np.ndarray | None = None
+
+
+def load_bench_data(cfg: CreditConfig) -> BenchData:
+    """The labelled applications the protocol runs on: German credit, synthetic, or a mapped file."""
+    d = cfg.data
+    if d.dataset == "synth":
+        from offerlab.data.synth import generate, load_synth
+
+        s = load_synth(d.synth_dir) if d.synth_dir else generate(d.customers, seed=d.seed)
+        apps = s.applications.reset_index(drop=True)
+        truth = s.truth_credit.set_index("application_id")["true_pd"]
+        true_pd = truth.reindex(apps["application_id"]).to_numpy()
+        if np.isnan(true_pd).any():
+            raise ValueError("truth_credit lacks the true PD of some applications")
+        return BenchData("synth", apps, application_features(apps, s.transactions), apps["default"].to_numpy(), true_pd)
+    if d.dataset == "mapped" or d.mapping:
+        from offerlab.data.loaders import load_mapped, read_mapping
+
+        if not d.mapping:
+            raise ValueError("dataset 'mapped' needs a column-mapping YAML (--mapping)")
+        if read_mapping(d.mapping).table != "applications":
+            raise ValueError(f"the column mapping {d.mapping} must fill table 'applications' for the credit bench")
+        apps = load_mapped(d.data_path, d.mapping).reset_index(drop=True)
+        name = Path(d.data_path).stem if d.data_path else "mapped"
+    else:
+        from offerlab.data.loaders import load_german
+
+        apps = load_german(d.data_path).reset_index(drop=True)
+        name = "german"
+    if "default" not in apps.columns:
+        raise ValueError("table 'applications', column 'default': the benchmark needs known outcomes (0/1)")
+    y = apps["default"].to_numpy()
+    if y.min() == y.max():
+        raise ValueError("table 'applications', column 'default': only one class present; need both 0 and 1")
+    return BenchData(name, apps, application_features(apps), y)
+
+
+def cross_validate(
+    make: Callable[[], object], X: pd.DataFrame, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, list[float], float]:
+    """Pooled out-of-fold PDs, per-fold AUCs and seconds for one model factory."""
+    t0 = time.perf_counter()
+    oof = np.full(len(y), np.nan)
+    fold_auc = []
+    for tr, te in folds:
+        model = make().fit(X.iloc[tr], y[tr])
+        oof[te] = model.predict_pd(X.iloc[te])
+        fold_auc.append(auc(y[te], oof[te]))
+    return oof, fold_auc, time.perf_counter() - t0
+
+
+def model_factories(cfg: CreditConfig) -> dict[str, Callable[[], object]]:
+    """Ours first, then the configured peers; each call builds a fresh, unfitted model."""
+    out: dict[str, Callable[[], object]] = {"offerlab": partial(CreditModel, cfg.net, cfg.trainer, seed=cfg.seed)}
+    for name in cfg.evaluation.peers:
+        out[name] = partial(PEERS[name], seed=cfg.seed) if name == "lightgbm" else PEERS[name]
+    return out
+
+
+def run_bench(cfg: CreditConfig) -> dict:
+    """Run the protocol and return the DESIGN.md JSON (as a dict)."""
+    data = load_bench_data(cfg)
+    e = cfg.evaluation
+    folds = list(StratifiedKFold(e.folds, shuffle=True, random_state=e.fold_seed).split(data.X, data.y))
+    models, seconds = {}, {}
+    for name, make in model_factories(cfg).items():
+        log.info("bench credit: %s on %s (%d rows, %d folds)", name, data.name, len(data.y), e.folds)
+        oof, fold_auc, secs = cross_validate(make, data.X, data.y, folds)
+        models[name] = {**credit_metrics(data.y, oof), "auc_fold": {"mean": float(np.mean(fold_auc)), "std": float(np.std(fold_auc))}}
+        seconds[name] = round(secs, 1)
+    ours = models["offerlab"]
+    peers = {k: v for k, v in models.items() if k != "offerlab"}
+    best_peer = max(peers, key=lambda k: peers[k]["auc"]) if peers else None
+    oracle = None
+    targets: dict = {}
+    if data.true_pd is not None:
+        oracle_auc = auc(data.y, data.true_pd)
+        oracle = {"auc_true_pd": oracle_auc, "auc_gap": oracle_auc - ours["auc"], **{
+            f"{k}_true_pd": v for k, v in credit_metrics(data.y, data.true_pd).items() if k in ("brier", "ece")}}
+        targets = {"auc_gap_max": AUC_ORACLE_GAP_TARGET, "ece_max": ECE_TARGET_SYNTH,
+                   "met": bool(oracle["auc_gap"] <= AUC_ORACLE_GAP_TARGET and ours["ece"] <= ECE_TARGET_SYNTH)}
+    if best_peer:
+        margin = ours["auc"] - peers[best_peer]["auc"]
+        ece_max = ECE_TARGET_SYNTH if data.true_pd is not None else ECE_TARGET_REAL
+        targets.update({"best_peer": best_peer, "auc_minus_best_peer": margin, "ece_max": ece_max})
+        if data.true_pd is None:
+            targets["met"] = bool(margin >= 0 and ours["ece"] <= ece_max)
+    return {
+        "task": "credit",
+        "dataset": data.name,
+        "protocol": (f"stratified {e.folds}-fold CV (shuffle, seed {e.fold_seed}), same folds for every model; "
+                     "metrics on pooled out-of-fold PDs; ECE over 10 equal-count bins; citl = observed - mean PD"),
+        "rows": int(len(data.y)),
+        "default_rate": float(data.y.mean()),
+        "features": int(data.X.shape[1]),
+        "models": models,
+        "oracle": oracle,
+        "targets": targets,
+        "seconds": seconds,
+        "config": cfg.source,
+    }
+
+
+def write_json_atomic(result: dict, out: str | Path) -> Path:
+    """Write to a temporary file beside `out` and rename, so a failed run leaves old results intact."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=1, default=float)
+            f.write("\n")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

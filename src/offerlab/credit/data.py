@@ -1,0 +1,197 @@
+"""Feature preparation for credit applications.
+
+`application_features` turns a canonical `applications` table (plus, when there is one, the
+customers' purchase history) into one feature row per application: the application's own fields
+and behaviour features computed from transactions strictly up to `applied_at` (point in time, so no
+purchase after the application leaks into its features). `FeatureEncoder` learns, on training rows
+only, how to feed those features to the network and the linear baselines:
+
+- categorical fields: a vocabulary (index 0 = unseen / missing) for embeddings and one-hot columns;
+- numeric fields: skewed non-negative amounts go through log1p, then a robust standardisation
+  (median / IQR, clipped) for the continuous input, plus quantile-bin one-hot columns and a
+  piecewise-linear encoding over the same quantiles, so both the linear part and the MLP can bend
+  (e.g. risk that is U-shaped in age) without a scale problem from long-tailed amounts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+NON_FEATURES = ("application_id", "customer_id", "applied_at", "default")
+BEHAVIOUR_PREFIX = "beh_"
+WINDOWS = (30, 90, 180, 365)  # days of purchase history counted before the application
+
+
+def application_features(
+    applications: pd.DataFrame,
+    transactions: pd.DataFrame | None = None,
+    *,
+    drop: tuple[str, ...] = (),
+    categories: list[str] | None = None,
+) -> pd.DataFrame:
+    """One feature row per application (same order/index): application fields + behaviour at applied_at.
+
+    `categories` fixes the purchase-category vocabulary (the trained model's), so new batches get the
+    same `beh_cat_share_*` columns as the training data.
+    """
+    keep = [c for c in applications.columns if c not in NON_FEATURES and c not in drop]
+    X = applications[keep].copy()
+    if transactions is not None:
+        X = X.join(behaviour_at_application(applications, transactions, categories))
+    return X
+
+
+def behaviour_at_application(
+    applications: pd.DataFrame, transactions: pd.DataFrame, categories: list[str] | None = None
+) -> pd.DataFrame:
+    """Behaviour features from each applicant's purchases strictly before `applied_at`, prefixed `beh_`."""
+    from offerlab.data.features import behaviour_features_at
+
+    anchors = pd.DataFrame(
+        {"customer_id": applications["customer_id"].to_numpy(), "as_of": applications["applied_at"].to_numpy()}
+    )
+    bf = behaviour_features_at(transactions, anchors, windows=WINDOWS, categories=categories, inclusive=False)
+    bf = bf.drop(columns=[c for c in ("customer_id", "as_of") if c in bf.columns])
+    bf = bf.select_dtypes(include=["number", "bool"]).astype("float64")
+    bf.columns = [BEHAVIOUR_PREFIX + str(c) for c in bf.columns]
+    bf.index = applications.index
+    return bf
+
+
+def _is_categorical(s: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) or isinstance(
+        s.dtype, pd.CategoricalDtype
+    )
+
+
+@dataclass
+class Encoded:
+    """Arrays the models consume: category indices, continuous numerics and the linear (wide) design."""
+
+    cat: np.ndarray  # (n, n_cat) int64, 0 = unseen
+    num: np.ndarray  # (n, n_num) float32
+    wide: np.ndarray  # (n, n_wide) float32: one-hot categories + numeric quantile bins
+    ple: np.ndarray | None = None  # (n, n_ple) float32: piecewise-linear encoding of the numerics
+
+    def __len__(self) -> int:
+        return len(self.cat)
+
+
+@dataclass
+class FeatureEncoder:
+    """Learned on training rows: vocabularies, log flags, robust scales and bin edges per feature."""
+
+    n_bins: int = 5
+    skew_threshold: float = 1.0
+    clip: float = 5.0
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    vocab: dict[str, list[str]] = field(default_factory=dict)
+    log_cols: list[str] = field(default_factory=list)
+    center: dict[str, float] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+    fill: dict[str, float] = field(default_factory=dict)
+    edges: dict[str, np.ndarray] = field(default_factory=dict)
+    ple_edges: dict[str, np.ndarray] = field(default_factory=dict)
+    reference: dict[str, object] = field(default_factory=dict)
+
+    def fit(self, X: pd.DataFrame) -> FeatureEncoder:
+        if len(X) == 0:
+            raise ValueError("cannot fit the feature encoder on an empty table")
+        self.categorical = [c for c in X.columns if _is_categorical(X[c])]
+        self.numeric = [c for c in X.columns if c not in self.categorical]
+        for c in self.categorical:
+            s = X[c].astype("string").fillna("<missing>")
+            counts = s.value_counts()
+            self.vocab[c] = sorted(counts.index.tolist())
+            self.reference[c] = counts.index[0]  # the most common level: the "typical applicant"
+        for c in self.numeric:
+            x = X[c].to_numpy(dtype="float64")
+            finite = x[np.isfinite(x)]
+            if len(finite) == 0:
+                finite = np.zeros(1)
+            skew = pd.Series(finite).skew() if len(finite) > 2 else 0.0
+            if finite.min() >= 0 and np.nan_to_num(skew) > self.skew_threshold:
+                self.log_cols.append(c)
+            t = self._transform_num(c, finite)
+            med = float(np.median(t))
+            q25, q75 = np.quantile(t, [0.25, 0.75])
+            sd = float(np.std(t))
+            self.center[c] = med
+            self.scale[c] = float(q75 - q25) / 1.349 if q75 > q25 else (sd if sd > 0 else 1.0)
+            self.fill[c] = med
+            self.reference[c] = float(np.median(finite))
+            inner = np.unique(np.quantile(t, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
+            self.edges[c] = inner
+            self.ple_edges[c] = np.unique(np.quantile(t, np.linspace(0, 1, self.n_bins + 1)))
+        return self
+
+    def _transform_num(self, c: str, x: np.ndarray) -> np.ndarray:
+        return np.log1p(np.maximum(x, 0.0)) if c in self.log_cols else x
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [len(self.vocab[c]) for c in self.categorical]
+
+    @property
+    def wide_names(self) -> list[str]:
+        names = [f"{c}={v}" for c in self.categorical for v in self.vocab[c]]
+        for c in self.numeric:
+            names += [f"{c}:bin{j}" for j in range(len(self.edges[c]) + 1)]
+        return names
+
+    def feature_index(self) -> dict[str, np.ndarray]:
+        """Which feature (categoricals first, then numerics) each encoded column belongs to."""
+        n_cat = len(self.categorical)
+        wide = [np.full(len(self.vocab[c]), j) for j, c in enumerate(self.categorical)]
+        wide += [np.full(len(self.edges[c]) + 1, n_cat + j) for j, c in enumerate(self.numeric)]
+        ple = [np.full(max(len(self.ple_edges[c]) - 1, 0), n_cat + j) for j, c in enumerate(self.numeric)]
+        cat_idx = np.arange(n_cat)
+        num_idx = n_cat + np.arange(len(self.numeric))
+        empty = np.zeros(0, dtype=np.int64)
+        return {"cat": cat_idx, "num": num_idx, "wide": np.concatenate(wide) if wide else empty,
+                "ple": np.concatenate(ple) if ple else empty}
+
+    def check_columns(self, X: pd.DataFrame) -> None:
+        missing = [c for c in self.categorical + self.numeric if c not in X.columns]
+        if missing:
+            raise ValueError(f"application features are missing column(s) the model was trained on: {missing[:10]}")
+
+    def transform(self, X: pd.DataFrame) -> Encoded:
+        self.check_columns(X)
+        n = len(X)
+        cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        wide_parts = []
+        for j, c in enumerate(self.categorical):
+            s = X[c].astype("string").fillna("<missing>")
+            idx = pd.Index(self.vocab[c]).get_indexer(s)  # -1 for unseen
+            cat[:, j] = idx + 1
+            onehot = np.zeros((n, len(self.vocab[c])), dtype=np.float32)
+            seen = idx >= 0
+            onehot[np.flatnonzero(seen), idx[seen]] = 1.0
+            wide_parts.append(onehot)
+        num = np.zeros((n, len(self.numeric)), dtype=np.float32)
+        ple_parts = []
+        for j, c in enumerate(self.numeric):
+            x = pd.to_numeric(X[c], errors="coerce").to_numpy(dtype="float64")
+            t = self._transform_num(c, x)
+            t = np.where(np.isfinite(t), t, self.fill[c])
+            num[:, j] = np.clip((t - self.center[c]) / self.scale[c], -self.clip, self.clip)
+            b = np.searchsorted(self.edges[c], t, side="right")
+            onehot = np.zeros((n, len(self.edges[c]) + 1), dtype=np.float32)
+            onehot[np.arange(n), b] = 1.0
+            wide_parts.append(onehot)
+            q = self.ple_edges[c]
+            if len(q) > 1:  # component k rises from 0 to 1 across the k-th quantile interval
+                ple_parts.append(np.clip((t[:, None] - q[:-1]) / np.diff(q), 0.0, 1.0).astype(np.float32))
+        wide = np.concatenate(wide_parts, axis=1) if wide_parts else np.zeros((n, 0), np.float32)
+        ple = np.concatenate(ple_parts, axis=1) if ple_parts else np.zeros((n, 0), np.float32)
+        return Encoded(cat=cat, num=num, wide=wide, ple=ple)
+
+    def reference_row(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The typical applicant (mode / median per feature): the baseline reasons are measured against."""
+        cols = columns or (self.categorical + self.numeric)
+        return pd.DataFrame({c: [self.reference[c]] for c in cols})

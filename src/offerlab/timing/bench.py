@@ -1,0 +1,197 @@
+"""`offerlab bench timing`: ours and the BTYD peers on one calibration/holdout split, one JSON out.
+
+Every model sees only the transactions up to the calibration end (the holdout is filtered away before
+fitting, not merely ignored) and is scored on the same customers (those with a purchase by the cutoff)
+with the same metric code. On synthetic data an `oracle` block compares our holdout log-likelihood and
+30-day Brier with those of the true generating process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from offerlab.timing.baselines import PEERS, end_of_day
+from offerlab.timing.data import build_examples
+from offerlab.timing.metrics import evaluate_predictions, holdout_truth, horizon_days
+from offerlab.timing.train import CONFIG_DIR, NeuralTPP, TimingConfig, load_config
+
+log = logging.getLogger(__name__)
+DEFAULT_SPLITS = {"cdnow": ("1997-09-30", "1998-06-30"), "synth": ("2024-06-30", "2024-12-31")}
+MODEL_NAMES = ("offerlab", "bg_nbd", "pareto_nbd", "naive")
+
+
+def load_bench_data(dataset: str, data_path: str | None = None, mapping: str | None = None,
+                    synth_dir: str | None = None, customers: int = 20_000, seed: int = 0):
+    """Transactions plus, for synthetic data, the timing truth (else None)."""
+    if dataset == "synth":
+        from offerlab.data.synth import generate, load_synth
+
+        d = load_synth(synth_dir) if synth_dir else generate(customers, seed=seed)
+        return d.transactions, d.truth_timing
+    from offerlab.data.loaders import load_dataset
+
+    return load_dataset(dataset, data_path, mapping), None
+
+
+def split_dates(dataset: str, transactions: pd.DataFrame, calibration_end: str | None,
+                holdout_end: str | None) -> tuple[str, str]:
+    """The protocol's dates for known data sets; a user's data must name them (or they are refused)."""
+    cal, end = DEFAULT_SPLITS.get(dataset, (None, None))
+    cal, end = calibration_end or cal, holdout_end or end
+    if cal is None or end is None:
+        raise ValueError(f"dataset {dataset!r} has no default split: pass --calibration-end and --holdout-end")
+    cal_ts, end_ts = pd.Timestamp(cal), pd.Timestamp(end)
+    if end_ts <= cal_ts:
+        raise ValueError(f"--holdout-end {end} must be after --calibration-end {cal}")
+    first, last = transactions["timestamp"].min(), transactions["timestamp"].max()
+    if cal_ts < first.normalize():
+        raise ValueError(f"--calibration-end {cal} is before the first transaction ({first.date()})")
+    if end_ts > last.normalize():
+        log.warning("holdout end %s is after the last transaction (%s)", end, last.date())
+    return str(cal_ts.date()), str(end_ts.date())
+
+
+def oracle_block(model: NeuralTPP, transactions: pd.DataFrame, truth: pd.DataFrame, cutoff: str, holdout_end: str,
+                 pred: pd.DataFrame, holdout: pd.DataFrame) -> dict:
+    """Holdout NLL per gap and 30-day Brier: ours vs the true process, on the same gaps and customers."""
+    from offerlab.data.synth import true_gap_logpdf, true_prob_purchase_within
+
+    p = model.predictor
+    start, end = end_of_day(cutoff), end_of_day(holdout_end)
+    seqs = p.sequences(transactions[transactions["timestamp"] <= end], end)
+    ex, _ = build_examples(seqs, end, p.stats, use_calendar=p.use_calendar, age_inputs=p.age_inputs,
+                           validation_start=start)
+    ours = holdout_step_nll(p, ex)
+    used = ex.weight > 0
+    tr = truth.set_index("customer_id").reindex(pd.Index(ex.customer_ids))
+    cust = np.repeat(np.arange(ex.n_customers), ex.lengths)[used]
+    rows = tr.iloc[cust]
+    gaps, cens, e0 = ex.target_gap[used], ex.censored[used], ex.elapsed_start[used]
+    true_ll = true_gap_logpdf(rows, gaps, cens) - true_gap_logpdf(rows, e0, np.ones_like(cens))
+    tr_pred = truth.set_index("customer_id").reindex(pred.index)
+    elapsed = model.state.elapsed.numpy()
+    p30_true = true_prob_purchase_within(tr_pred, elapsed, 30.0)
+    bought = (holdout["first_days"].reindex(pred.index) <= 30).to_numpy()
+    nll_ours, nll_true = float(np.mean(ours[used])), float(-np.mean(true_ll))
+    brier_ours = float(np.mean((pred["p_within"].to_numpy() - bought) ** 2))
+    brier_true = float(np.mean((p30_true - bought) ** 2))
+    return {
+        "nll_per_gap": nll_ours, "nll_per_gap_true": nll_true,
+        "nll_gap_relative": (nll_ours - nll_true) / abs(nll_true),
+        "brier_30d": brier_ours, "brier_30d_true": brier_true, "n_gaps": int(used.sum()),
+    }
+
+
+@torch.no_grad()
+def holdout_step_nll(predictor, ex) -> np.ndarray:
+    """Per-step censored NLL (left-truncated at the cutoff) under the ensemble (mean of member likelihoods)."""
+    from offerlab.timing.distributions import censored_gap_nll
+
+    out = np.zeros(ex.n_events)
+    order = np.argsort(ex.lengths, kind="stable")
+    for start in range(0, ex.n_customers, 1024):  # batches of customers, vectorised inside
+        idx = order[start:start + 1024]
+        b = ex.padded(idx)
+        lls = []
+        for m in predictor.models:
+            h, _ = m.encode(b["inputs"], b["category"], b.get("static"))
+            lls.append(-censored_gap_nll(m.gap_distribution(h), b["target_gap"], b["censored"], b["elapsed_start"]))
+        ll = torch.logsumexp(torch.stack(lls), 0) - np.log(len(lls))
+        flat = ex.offsets[idx][:, None] + np.arange(b["mask"].shape[1])[None, :]
+        mask = b["mask"].numpy()
+        out[flat[mask]] = -ll.numpy()[mask]
+    return out
+
+
+def run_bench(dataset: str, out: str | Path, *, data_path: str | None = None, mapping: str | None = None,
+              calibration_end: str | None = None, holdout_end: str | None = None, synth_dir: str | None = None,
+              customers: int = 20_000, seed: int = 0, config: str | Path | None = None,
+              models: tuple[str, ...] = MODEL_NAMES, cfg_overrides: dict | None = None,
+              progress: bool | None = None) -> dict:
+    """Fit and score every model on one split and write the DESIGN.md JSON (atomically) to `out`."""
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; expected some of {list(MODEL_NAMES)}")
+    if config is None:
+        named = CONFIG_DIR / f"{dataset}.yaml"
+        config = named if named.is_file() else (CONFIG_DIR / "default.yaml" if CONFIG_DIR.is_dir() else None)
+    cfg: TimingConfig = load_config(config, cfg_overrides)
+    tx, truth = load_bench_data(dataset, data_path, mapping, synth_dir, customers, seed)
+    cal, end = split_dates(dataset, tx, calibration_end, holdout_end)
+    cfg.data.calibration_end, cfg.data.holdout_end = cal, end
+    calib = tx[tx["timestamp"] <= end_of_day(cal)]
+    if calib.empty:
+        raise ValueError(f"no transactions on or before the calibration end {cal}")
+    horizon = horizon_days(cal, end)
+    results, seconds, extra = {}, {}, {}
+    truth_table = None
+    for name in models:
+        t0 = time.perf_counter()
+        model = NeuralTPP(cfg, progress) if name == "offerlab" else PEERS[name](same_day=cfg.data.same_day)
+        model.fit(calib, cal)
+        pred = model.predict(horizon, 30.0)
+        seconds[name] = round(time.perf_counter() - t0, 2)
+        if truth_table is None:
+            truth_table = holdout_truth(tx, cal, end, pred.index, cfg.data.same_day)
+        results[name] = evaluate_predictions(pred, truth_table, horizon)
+        log.info("%s: %s (%.1fs)", name, {k: round(v, 4) for k, v in results[name].items()}, seconds[name])
+        if name == "offerlab":
+            info = model.fit_info
+            extra["offerlab_training"] = {
+                "events_per_second": round(info["events_per_second"]), "train_seconds": round(info["train_seconds"], 1),
+                "simulate_seconds": round(info.get("simulate_seconds", 0.0), 1), "best_epochs": info["best_epochs"],
+                "n_train_events": info["n_train_events"], "n_customers": info["n_customers"],
+                "seeds": cfg.training.seeds, "torch_threads": torch.get_num_threads(),
+            }
+            if truth is not None:
+                extra["oracle"] = oracle_block(model, tx, truth, cal, end, pred, truth_table)
+    peers = [m for m in results if m not in ("offerlab", "naive")]
+    report = {
+        "task": "timing",
+        "dataset": dataset,
+        "protocol": f"calibration to {cal} (inclusive), holdout to {end} ({horizon:.0f} days); purchases = "
+                    f"{'distinct purchase days' if cfg.data.same_day == 'merge' else 'transactions'} per customer; "
+                    f"customers with a purchase by the calibration end ({len(truth_table)}); P(any) and the "
+                    f"C-index risk score = P(purchase in the holdout); 30d = first 30 days of the holdout",
+        "models": results,
+        "oracle": extra.get("oracle"),
+        "seconds": seconds,
+        "training": extra.get("offerlab_training"),
+        "best_peer": _best_peer(results, peers),
+        "config": cfg.model_dump(mode="json", exclude={"trainer_profiles"}),
+    }
+    _write_json_atomic(report, Path(out))
+    return report
+
+
+def _best_peer(results: dict, peers: list[str]) -> dict:
+    """Per metric, the best peer value (lower for errors, higher for AUC / C)."""
+    higher = {"auc_holdout", "auc_30d", "c_index"}
+    best = {}
+    for k in ("count_mae", "count_rmse", "auc_holdout", "brier_holdout", "auc_30d", "brier_30d", "c_index"):
+        vals = [results[p][k] for p in peers if p in results]
+        if vals:
+            best[k] = max(vals) if k in higher else min(vals)
+    return best
+
+
+def _write_json_atomic(obj: dict, out: Path) -> None:
+    """Write to a temp file beside `out` and rename: a failed run never leaves a half-written result."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=float)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

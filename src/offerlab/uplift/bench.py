@@ -1,0 +1,231 @@
+"""`offerlab bench uplift`: ours and the CausalML meta-learners on the same splits, one JSON out.
+
+Protocol (DESIGN.md): stratified (treatment x outcome) 70/30 splits over several seeds; each model is
+fitted on the 70% and scored on the 30% with one metric implementation (`metrics.py`): Qini
+coefficient, Qini area, AUUC and uplift@30% per treatment vs control; the unconstrained policy's
+incremental profit per customer off-policy (IPW and doubly robust, 95% CI) beside treat-none and the
+best single level (picked on the training split). On the synthetic campaign the ground truth adds
+the oracle block: true profit of our budgeted policy as a share of the oracle policy's at budgets
+that are shares of the oracle's unconstrained spend, and the RMSE of the estimated uplift per level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from offerlab.uplift.config import UpliftConfig
+from offerlab.uplift.data import CampaignData, stratified_split
+from offerlab.uplift.metrics import per_treatment_metrics
+from offerlab.uplift.policy import (
+    PolicyConfig,
+    best_single_level,
+    choose_levels,
+    evaluate_policy,
+    level_economics,
+    observed_profit,
+)
+
+log = logging.getLogger(__name__)
+PEERS = ("s_learner", "t_learner", "x_learner")
+
+
+def load_campaign(cfg: UpliftConfig) -> tuple[CampaignData, pd.DataFrame | None, dict]:
+    """The configured campaign; for synthetic data also the truth table aligned to its rows, and meta."""
+    from offerlab.uplift import data as D
+
+    dc = cfg.data
+    if dc.dataset == "hillstrom":
+        from offerlab.data.loaders import load_hillstrom
+
+        return D.from_hillstrom(load_hillstrom(dc.data_path), dc.outcome), None, {}
+    if dc.dataset == "synth":
+        from offerlab.data.synth import generate, load_synth
+
+        synth = load_synth(dc.synth_dir) if dc.synth_dir else generate(dc.customers, seed=dc.synth_seed)
+        camp = D.from_synth(synth)
+        truth = synth.truth_campaign.set_index("customer_id").loc[camp.customer_id.astype(str)].reset_index()
+        return camp, truth, dict(synth.meta)
+    if dc.mapping is None:
+        raise ValueError("dataset 'mapped' needs data.mapping (a column-mapping YAML) and data.data_path")
+    from offerlab.data.loaders import load_mapped, read_mapping
+
+    m = read_mapping(dc.mapping)
+    if m.table != "campaign":
+        raise ValueError(f"the column mapping {dc.mapping} fills table {m.table!r}; the uplift bench needs 'campaign'")
+    camp = load_mapped(dc.data_path, dc.mapping)
+    control = m.control or camp["treatment"].iloc[0]
+    return D.from_campaign(camp, control=control, levels=m.treatments, discounts=cfg.policy.discounts), None, {}
+
+
+def make_model(name: str, cfg: UpliftConfig, seed: int):
+    if name == "offerlab":
+        from offerlab.uplift.model import UpliftModel
+
+        return UpliftModel(cfg.net, cfg.trainer, seed=seed)
+    from offerlab.uplift.baselines import MetaLearner
+
+    return MetaLearner(name, seed=seed)
+
+
+def score_split(model, train: CampaignData, test: CampaignData, policy: PolicyConfig, metric_outcome: str,
+                truth: pd.DataFrame | None = None, meta: dict | None = None, budget_shares=(0.1, 0.3, 1.0)) -> dict:
+    """Every bench number of one fitted model on one split (per-level dicts; no aggregation)."""
+    pred = model.predict_levels(test.features)
+    uplift = pd.DataFrame(pred[metric_outcome][:, 1:] - pred[metric_outcome][:, :1], columns=test.levels[1:])
+    out: dict = per_treatment_metrics(uplift, test.treatment_names, test.outcome(metric_outcome), test.control)
+    d = policy.discount_rates(test.levels, test.discounts)
+    profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
+    choice, used = choose_levels(profit, spend)
+    mu = policy.margin * pred["revenue"][:, :1] + profit  # expected absolute profit per level (for DR)
+    e_test = test.propensity if test.propensity is not None else model.predict_propensity(test.features)
+    e_train = train.propensity if train.propensity is not None else model.predict_propensity(train.features)
+    y_test = observed_profit(test.treatment, test.revenue, d, policy.margin, policy.contact_cost)
+    y_train = observed_profit(train.treatment, train.revenue, d, policy.margin, policy.contact_cost)
+    best = best_single_level(train.treatment, y_train, e_train)
+    out.update(evaluate_policy(choice, test.treatment, y_test, e_test, mu, test.levels, best))
+    out["level_share"] = {lv: float((choice == i).mean()) for i, lv in enumerate(test.levels)}
+    if truth is not None:
+        out["oracle"] = oracle_gap(pred, test, truth, policy, d, budget_shares)
+    return out
+
+
+def oracle_gap(pred: dict, test: CampaignData, truth: pd.DataFrame, policy: PolicyConfig, d: np.ndarray,
+               budget_shares=(0.1, 0.3, 1.0)) -> dict:
+    """True profit of our budgeted policy / the oracle's, and uplift RMSE per level, on the test rows."""
+    true_rev = np.stack([truth[f"exp_revenue_{lv}"].to_numpy() for lv in test.levels], axis=1)
+    true_conv = np.stack([truth[f"p_conv_{lv}"].to_numpy() for lv in test.levels], axis=1)
+    t_profit, t_spend = level_economics(true_rev, d, policy.margin, policy.contact_cost)
+    e_profit, e_spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
+    rows = np.arange(len(true_rev))
+    oracle_choice, oracle_spend = choose_levels(t_profit, t_spend)
+    shares = {}
+    for s in budget_shares:
+        budget = s * oracle_spend
+        o_choice, _ = choose_levels(t_profit, t_spend, budget)
+        m_choice, m_used = choose_levels(e_profit, e_spend, budget)
+        o_val, m_val = t_profit[rows, o_choice].sum(), t_profit[rows, m_choice].sum()
+        shares[f"{s:g}"] = {"share_of_oracle": float(m_val / o_val) if o_val > 0 else float("nan"),
+                            "true_profit_per_customer": float(m_val / len(rows)),
+                            "oracle_profit_per_customer": float(o_val / len(rows)),
+                            "budget": float(budget), "estimated_spend_used": float(m_used),
+                            "true_spend_used": float(t_spend[rows, m_choice].sum())}
+    rmse_conv = np.sqrt((((pred["conversion"] - pred["conversion"][:, :1]) - (true_conv - true_conv[:, :1])) ** 2
+                         ).mean(axis=0))
+    rmse_profit = np.sqrt(((e_profit - t_profit) ** 2).mean(axis=0))
+    return {"profit_share": shares,
+            "uplift_rmse": {lv: float(rmse_conv[i]) for i, lv in enumerate(test.levels) if i > 0},
+            "profit_uplift_rmse": {lv: float(rmse_profit[i]) for i, lv in enumerate(test.levels) if i > 0},
+            "oracle_unconstrained_spend": float(oracle_spend)}
+
+
+def _agg(values: list) -> object:
+    """Aggregate a list of per-seed results: numbers -> {mean, std}; dicts recursively; CIs -> mean bounds."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _agg([v[k] for v in values]) for k in first}
+    if isinstance(first, list | tuple):
+        return np.nanmean(np.asarray(values, dtype=float), axis=0).round(6).tolist()
+    if isinstance(first, str):
+        return max(set(values), key=values.count)
+    if first is None:
+        return None
+    arr = np.asarray(values, dtype=float)
+    return {"mean": round(float(np.nanmean(arr)), 6), "std": round(float(np.nanstd(arr, ddof=1)) if len(arr) > 1
+                                                                    else 0.0, 6)}
+
+
+def protocol_text(cfg: UpliftConfig, seeds: list[int], n: int, levels: list[str]) -> str:
+    p = cfg.policy
+    value = ("one unit of value per visit (revenue = visit)" if cfg.data.outcome == "visit" and
+             cfg.data.dataset == "hillstrom" else "revenue net of the discount")
+    return (
+        f"{cfg.data.dataset}: {n} customers, levels {levels} (control first); stratified (treatment x outcome) "
+        f"{round((1 - cfg.data.test_size) * 100)}/{round(cfg.data.test_size * 100)} splits, seeds {seeds}; metrics "
+        f"on outcome '{cfg.data.outcome}' ({cfg.data.metric_outcome}) on the test split: qini = area between the "
+        "Qini curve and the random line over that of the perfect ranking (scikit-uplift qini_auc_score "
+        "definition), qini_area = causalml qini_score(normalize=True), auuc = causalml auuc_score(normalize=True), "
+        "uplift_at_30 = treated minus control mean in the top 30%. Policy: per customer the level (or none) with "
+        f"the highest expected incremental profit = margin x incremental revenue - expected discount paid - "
+        f"contact cost, margin {p.margin}, contact cost {p.contact_cost} per contacted customer, value = {value}; "
+        "policy_value = incremental profit per customer over treat-none on the test split, IPW with the known "
+        "assignment probabilities (95% normal CI; DR beside it); best single level chosen on the training split."
+    )
+
+
+def run_bench(cfg: UpliftConfig, out: str | Path, seeds: int = 5, models: tuple[str, ...] = ("offerlab", *PEERS)
+              ) -> dict:
+    """Fit every model on each seed's split, score them, aggregate, and write the JSON atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t_load = time.perf_counter()
+    data, truth, meta = load_campaign(cfg)
+    log.info("loaded %d campaign rows in %.1fs", len(data), time.perf_counter() - t_load)
+    per_model: dict[str, list[dict]] = {m: [] for m in models}
+    seconds = dict.fromkeys(models, 0.0)
+    seed_list = [cfg.data.split_seed + s for s in range(seeds)]
+    for seed in seed_list:
+        tr, te = stratified_split(data, cfg.data.test_size, seed, cfg.data.metric_outcome)
+        train, test = data.subset(tr), data.subset(te)
+        t_test = None if truth is None else truth.iloc[te].reset_index(drop=True)
+        for name in models:
+            t0 = time.perf_counter()
+            model = make_model(name, cfg, seed).fit(train)
+            res = score_split(model, train, test, cfg.policy, cfg.data.metric_outcome, t_test, meta,
+                              cfg.budget_shares)
+            seconds[name] += time.perf_counter() - t0
+            per_model[name].append(res)
+            log.info("seed %d %s: qini %s policy %.4f (%.1fs)", seed, name,
+                     {k: round(v, 4) for k, v in res["qini"].items()}, res["policy_value"], time.perf_counter() - t0)
+    result = {
+        "task": "uplift",
+        "dataset": cfg.data.dataset,
+        "outcome": cfg.data.outcome,
+        "protocol": protocol_text(cfg, seed_list, len(data), data.levels),
+        "policy": cfg.policy.model_dump(),
+        "seeds": seed_list,
+        "models": {m: {k: v for k, v in _agg(r).items() if k != "oracle"} for m, r in per_model.items()},
+        "oracle": ({m: _agg([x["oracle"] for x in r]) for m, r in per_model.items()} if truth is not None else None),
+        "seconds": {m: round(s, 1) for m, s in seconds.items()},
+        "config": {"net": cfg.net.model_dump(), "trainer": cfg.trainer.model_dump()},
+    }
+    result["targets"] = check_targets(result)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    os.replace(tmp, out)
+    return result
+
+
+def check_targets(result: dict) -> dict:
+    """The issue's targets, as measured: Qini >= best peer per level (+10% on the level with the largest
+    peer Qini), policy value above treat-none and best single level; on synthetic data >= 95% of oracle."""
+    models = result["models"]
+    if "offerlab" not in models:
+        return {}
+    ours = models["offerlab"]
+    peers = {m: v for m, v in models.items() if m != "offerlab"}
+    out: dict = {}
+    if peers:
+        best_peer = {lv: max(p["qini"][lv]["mean"] for p in peers.values()) for lv in ours["qini"]}
+        main_level = max(best_peer, key=best_peer.get)
+        out["qini_vs_best_peer"] = {lv: {"ours": ours["qini"][lv]["mean"], "best_peer": best_peer[lv],
+                                         "ratio": ours["qini"][lv]["mean"] / best_peer[lv] if best_peer[lv] else None}
+                                    for lv in ours["qini"]}
+        out["qini_target_met"] = all(ours["qini"][lv]["mean"] >= best_peer[lv] for lv in best_peer) and (
+            ours["qini"][main_level]["mean"] >= 1.1 * best_peer[main_level])
+    out["policy_above_treat_none"] = ours["policy_value"]["mean"] > ours["treat_none_value"]["mean"]
+    out["policy_above_best_single"] = ours["policy_value"]["mean"] > ours["best_single_value"]["mean"]
+    oracle = (result.get("oracle") or {}).get("offerlab")
+    if oracle:
+        shares = {b: v["share_of_oracle"]["mean"] for b, v in oracle["profit_share"].items()}
+        out["oracle_share"] = shares
+        out["oracle_target_met"] = all(v >= 0.95 for v in shares.values())
+    return out

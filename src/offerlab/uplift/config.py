@@ -1,0 +1,81 @@
+"""The uplift family's job config: data, network, trainer and policy blocks, validated before any work.
+
+A YAML may name a `base:` YAML (relative to itself) whose keys it overrides, so one experiment is one
+small overlay file (configs/uplift/hillstrom.yaml overrides configs/uplift/default.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from offerlab.uplift.model import NetConfig, TrainerConfig
+from offerlab.uplift.policy import PolicyConfig
+
+
+class DataConfig(BaseModel):
+    """Where the campaign comes from and how it is split."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: Literal["hillstrom", "synth", "mapped"] = "hillstrom"
+    outcome: Literal["visit", "conversion", "spend"] = Field(
+        "visit", description="Hillstrom outcome; for other campaigns conversion/spend pick the metric outcome")
+    data_path: str | None = None
+    mapping: str | None = None
+    synth_dir: str | None = None
+    customers: int = Field(20_000, ge=100)
+    synth_seed: int = 0
+    test_size: float = Field(0.3, gt=0, lt=1)
+    split_seed: int = 0
+
+    @property
+    def metric_outcome(self) -> str:
+        """Which outcome the uplift metrics rank on: the binary one, or revenue for `spend`."""
+        return "revenue" if self.outcome == "spend" else "conversion"
+
+
+class UpliftConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "uplift"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    net: NetConfig = Field(default_factory=NetConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    budget_shares: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0],
+                                       description="budgets as shares of the unconstrained spend (profit curve)")
+    register_model: bool = False
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The YAML as a dict, with its `base:` chain merged underneath."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a mapping of keys")
+    base = raw.pop("base", None)
+    return _merge(read_yaml(path.parent / base), raw) if base else raw
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> UpliftConfig:
+    """Validate a config (a YAML path, or defaults) with overrides; errors name the bad key."""
+    raw = read_yaml(path) if path else {}
+    raw = _merge(raw, overrides or {})
+    try:
+        return UpliftConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"invalid uplift config {path or '(defaults)'}: key '{key}': {first['msg']}") from None

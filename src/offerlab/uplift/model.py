@@ -1,0 +1,342 @@
+"""Multi-treatment uplift network (TARNet / DragonNet style) and the `UpliftModel` that wraps it.
+
+A shared representation phi(x) feeds, per treatment level, a head for the conversion logit and a head
+for the log expected revenue given conversion, plus a propensity head (softmax over levels). Each
+treated level's head is parameterised as control head + effect head, and the effect heads carry a
+penalty on their spread across customers: heterogeneity is shrunk towards one common effect per
+level unless the data insist, which keeps uplift (a small difference of two large predictions)
+from being dominated by noise. Uplift of a level = prediction under that level - under control.
+
+The propensity head is trained as in DragonNet (it shapes phi towards what predicts assignment);
+known propensities (a randomised log) are used as given, otherwise the head's estimate is used,
+both for optional inverse-propensity weighting of the outcome losses and for off-policy evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from offerlab.uplift.data import CampaignData, FeatureEncoder
+
+log = logging.getLogger(__name__)
+
+
+class NetConfig(BaseModel):
+    """Network and optimisation settings (trainer settings live in `TrainerConfig`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    hidden: list[int] = Field(default_factory=lambda: [64, 32], description="shared representation widths")
+    head_hidden: int = 16
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(1024, ge=8)
+    patience: int = Field(4, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    propensity_weight: float = Field(0.1, ge=0, description="DragonNet propensity loss weight")
+    revenue_weight: float = Field(1.0, ge=0)
+    effect_spread_penalty: float = Field(0.0, ge=0, description="shrinks each level's effect towards a constant")
+    ensemble: int = Field(3, ge=1, description="members trained from different seeds and validation splits")
+    propensity: Literal["auto", "known", "estimate"] = "auto"
+    ipw_weighting: bool = Field(False, description="weight outcome losses by 1/propensity (observational logs)")
+
+
+class TrainerConfig(BaseModel):
+    """Lightning Trainer settings: CPU, GPU or DDP is a config change only."""
+
+    model_config = ConfigDict(extra="forbid")
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str | int = "32-true"
+    max_epochs: int = Field(30, ge=1)
+    enable_progress_bar: bool = False
+    deterministic: bool = False
+    num_threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest for these small nets on a busy CPU")
+
+
+class MultiTreatmentNet(pl.LightningModule):
+    """phi(x) -> conversion logits, log revenue-given-conversion and propensity logits over L levels."""
+
+    def __init__(self, n_features: int, n_levels: int, cfg: dict, revenue_head: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        c = NetConfig(**cfg)
+        self.c, self.n_levels, self.revenue_head = c, n_levels, revenue_head
+        layers, width = [], n_features
+        for h in c.hidden:
+            layers += [nn.Linear(width, h), nn.ELU(), nn.Dropout(c.dropout)]
+            width = h
+        self.rep = nn.Sequential(*layers)
+
+        def head() -> nn.Module:
+            return nn.Sequential(nn.Linear(width, c.head_hidden), nn.ELU(), nn.Linear(c.head_hidden, 1))
+
+        self.conv_base = head()
+        self.conv_effect = nn.ModuleList([head() for _ in range(n_levels - 1)])
+        if revenue_head:
+            self.rev_base = head()
+            self.rev_effect = nn.ModuleList([head() for _ in range(n_levels - 1)])
+        self.prop = nn.Linear(width, n_levels)
+
+    @staticmethod
+    def _levels(base: nn.Module, effects: nn.ModuleList, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = base(z)
+        eff = torch.cat([e(z) for e in effects], dim=1) if len(effects) else b[:, :0]
+        return torch.cat([b, b + eff], dim=1), eff
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.rep(x)
+        out = {"prop_logits": self.prop(z)}
+        out["conv_logits"], out["conv_effect"] = self._levels(self.conv_base, self.conv_effect, z)
+        if self.revenue_head:
+            out["log_rev"], out["rev_effect"] = self._levels(self.rev_base, self.rev_effect, z)
+        return out
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self(batch["x"])
+        t, w = batch["t"], batch["w"]
+        rows = torch.arange(len(t), device=t.device)
+        bce = nn.functional.binary_cross_entropy_with_logits(out["conv_logits"][rows, t], batch["y"], reduction="none")
+        losses = {"conv": (w * bce).sum() / w.sum()}
+        losses["prop"] = nn.functional.cross_entropy(out["prop_logits"], t)
+        spread = out["conv_effect"].var(dim=0).sum() if out["conv_effect"].shape[1] and len(t) > 1 else bce.sum() * 0
+        if self.revenue_head:
+            conv = batch["y"] > 0
+            eta = out["log_rev"][rows, t]
+            pois = torch.exp(eta) - batch["r"] * eta  # Poisson deviance with log link: calibrated means
+            wc = w * conv
+            losses["rev"] = (wc * pois).sum() / wc.sum().clamp_min(1.0)
+            if out["rev_effect"].shape[1] and len(t) > 1:
+                spread = spread + out["rev_effect"].var(dim=0).sum()
+        losses["spread"] = spread
+        c = self.c
+        losses["total"] = (losses["conv"] + c.propensity_weight * losses["prop"] + c.effect_spread_penalty * spread
+                           + (c.revenue_weight * losses["rev"] if self.revenue_head else 0.0))
+        return losses
+
+    def training_step(self, batch, batch_idx):
+        losses = self._losses(batch)
+        self.log("train_loss", losses["total"], prog_bar=True, batch_size=len(batch["t"]))
+        return losses["total"]
+
+    def validation_step(self, batch, batch_idx):
+        losses = self._losses(batch)
+        val = losses["conv"] + (self.c.revenue_weight * losses["rev"] if self.revenue_head else 0.0)
+        n = len(batch["t"])
+        self.log("val_loss", val, prog_bar=True, batch_size=n)
+        self.log("val_conv_loss", losses["conv"], batch_size=n)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.c.lr, weight_decay=self.c.weight_decay)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Whole-batch indexing over in-memory tensors (one gather per batch, not one per row)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, idx):
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+def _loader(tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool, seed: int):
+    ds = _Batches(tensors)
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.utils.data.RandomSampler(ds, generator=gen) if shuffle else torch.utils.data.SequentialSampler(ds)
+    sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last=False)
+    return torch.utils.data.DataLoader(ds, sampler=sampler, batch_size=None)
+
+
+class _KeepBest(pl.Callback):
+    """Keep the weights of the best validation epoch in memory and restore them at the end."""
+
+    def __init__(self, monitor: str = "val_loss"):
+        self.monitor, self.best, self.state = monitor, float("inf"), None
+
+    def on_validation_end(self, trainer, pl_module):
+        v = trainer.callback_metrics.get(self.monitor)
+        if v is not None and float(v) < self.best:
+            self.best, self.state = float(v), copy.deepcopy(pl_module.state_dict())
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.state is not None:
+            pl_module.load_state_dict(self.state)
+
+
+class UpliftModel:
+    """Fit / predict over a campaign: an ensemble of `MultiTreatmentNet`s with their feature encoder.
+
+    The estimator interface shared with the baselines: `fit(data)`, `predict_levels(features)` ->
+    {"conversion": (n, L), "revenue": (n, L)} expected outcomes under each level, `uplift(features)`.
+    """
+
+    name = "offerlab"
+
+    def __init__(self, net: NetConfig | dict | None = None, trainer: TrainerConfig | dict | None = None,
+                 seed: int = 0):
+        self.net_cfg = net if isinstance(net, NetConfig) else NetConfig(**(net or {}))
+        self.trainer_cfg = trainer if isinstance(trainer, TrainerConfig) else TrainerConfig(**(trainer or {}))
+        self.seed = seed
+        self.encoder: FeatureEncoder | None = None
+        self.nets: list[MultiTreatmentNet] = []
+        self.levels: list[str] = []
+        self.discounts: dict[str, float] = {}
+        self.revenue_scale = 1.0
+        self.revenue_is_conversion = False
+        self.known_propensity: np.ndarray | None = None
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------------------------------- fitting
+    def _tensors(self, x: np.ndarray, data: CampaignData, weights: np.ndarray) -> dict[str, torch.Tensor]:
+        return {
+            "x": torch.as_tensor(x, dtype=torch.float32),
+            "t": torch.as_tensor(data.treatment, dtype=torch.long),
+            "y": torch.as_tensor(data.conversion, dtype=torch.float32),
+            "r": torch.as_tensor(data.revenue / self.revenue_scale, dtype=torch.float32),
+            "w": torch.as_tensor(weights, dtype=torch.float32),
+        }
+
+    def _propensity_for_fit(self, data: CampaignData) -> np.ndarray | None:
+        mode = self.net_cfg.propensity
+        if mode == "known" and data.propensity is None:
+            raise ValueError("net.propensity is 'known' but the campaign log carries no usable propensity column")
+        return data.propensity if mode in ("known", "auto") else None
+
+    def fit(self, data: CampaignData, callbacks: list | None = None) -> UpliftModel:
+        """Train the ensemble; each member holds out its own stratified validation split for early stopping."""
+        from sklearn.model_selection import train_test_split
+
+        c, tc = self.net_cfg, self.trainer_cfg
+        torch.set_num_threads(tc.num_threads)
+        self.levels, self.discounts = list(data.levels), dict(data.discounts)
+        self.encoder = FeatureEncoder.fit(data.features)
+        x = self.encoder.transform(data.features)
+        self.revenue_is_conversion = bool(np.array_equal(data.revenue, data.conversion))
+        conv_rev = data.revenue[data.conversion > 0]
+        self.revenue_scale = float(conv_rev.mean()) if len(conv_rev) and conv_rev.mean() > 0 else 1.0
+        prop = self._propensity_for_fit(data)
+        self.known_propensity = None if prop is None else prop[0].copy()
+        weights = np.ones(len(data))
+        if c.ipw_weighting and prop is not None:
+            weights = 1.0 / np.clip(prop[np.arange(len(data)), data.treatment], 1e-3, None)
+            weights /= weights.mean()
+        strata = data.treatment * 2 + (data.conversion > 0)
+        self.nets, self.history = [], []
+        for member in range(c.ensemble):
+            seed = self.seed * 1000 + member
+            pl.seed_everything(seed, workers=True, verbose=False)
+            tr, va = train_test_split(np.arange(len(data)), test_size=c.val_fraction, random_state=seed,
+                                      stratify=strata)
+            net = MultiTreatmentNet(x.shape[1], len(self.levels), c.model_dump(),
+                                    revenue_head=not self.revenue_is_conversion)
+            keep = _KeepBest()
+            trainer = pl.Trainer(
+                accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy, precision=tc.precision,
+                max_epochs=tc.max_epochs, enable_progress_bar=tc.enable_progress_bar, deterministic=tc.deterministic,
+                logger=False, enable_checkpointing=False, enable_model_summary=False,
+                callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=c.patience), keep, *(callbacks or [])],
+            )
+            trainer.fit(
+                net,
+                _loader(self._tensors(x[tr], data.subset(tr), weights[tr]), c.batch_size, True, seed),
+                _loader(self._tensors(x[va], data.subset(va), weights[va]), 8192, False, seed),
+            )
+            net.eval()
+            self.nets.append(net.cpu())
+            self.history.append({"member": member, "best_val_loss": keep.best, "epochs": trainer.current_epoch})
+        return self
+
+    # ------------------------------------------------------------------------------------- prediction
+    def _encode(self, features: pd.DataFrame | np.ndarray) -> torch.Tensor:
+        if self.encoder is None:
+            raise RuntimeError("the model is not fitted")
+        x = features if isinstance(features, np.ndarray) else self.encoder.transform(features)
+        return torch.as_tensor(x, dtype=torch.float32)
+
+    @torch.no_grad()
+    def _raw(self, features: pd.DataFrame | np.ndarray, chunk: int = 65536) -> dict[str, np.ndarray]:
+        x = self._encode(features)
+        acc: dict[str, np.ndarray] = {}
+        for net in self.nets:
+            parts: dict[str, list[np.ndarray]] = {"p": [], "m": [], "e": []}
+            for s in range(0, len(x), chunk):
+                out = net(x[s : s + chunk])
+                parts["p"].append(torch.sigmoid(out["conv_logits"]).numpy())
+                parts["e"].append(torch.softmax(out["prop_logits"], dim=1).numpy())
+                if net.revenue_head:
+                    parts["m"].append(torch.exp(out["log_rev"]).numpy() * self.revenue_scale)
+            for k, v in parts.items():
+                if v:
+                    acc[k] = acc.get(k, 0) + np.concatenate(v) / len(self.nets)
+        return acc
+
+    def predict_levels(self, features: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
+        """Expected conversion and revenue under each level, arrays (n, L) in `self.levels` order."""
+        raw = self._raw(features)
+        revenue = raw["p"] if self.revenue_is_conversion else raw["p"] * raw["m"]
+        return {"conversion": raw["p"], "revenue": revenue}
+
+    def predict_propensity(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Assignment probabilities (n, L): the known design if the log carried one, else the head's estimate."""
+        if self.known_propensity is not None:
+            return np.tile(self.known_propensity, (len(features), 1))
+        return self._raw(features)["e"]
+
+    def uplift(self, features: pd.DataFrame | np.ndarray, outcome: str = "conversion") -> pd.DataFrame:
+        """Predicted uplift of each treated level vs control (columns = levels[1:])."""
+        pred = self.predict_levels(features)[outcome]
+        return pd.DataFrame(pred[:, 1:] - pred[:, :1], columns=self.levels[1:])
+
+    def recommend(self, features: pd.DataFrame, policy, customer_id=None, budget: float | None = None
+                  ) -> pd.DataFrame:
+        """Which discount, if any, per customer (see `policy.recommend`)."""
+        from offerlab.uplift.policy import recommend
+
+        ids = customer_id if customer_id is not None else features.get("customer_id", np.arange(len(features)))
+        return recommend(self.predict_levels(features), self.levels, policy, customer_id=ids,
+                         discounts=self.discounts, budget=budget)
+
+    # -------------------------------------------------------------------------------------- persistence
+    def state(self) -> dict:
+        return {
+            "net_cfg": self.net_cfg.model_dump(), "trainer_cfg": self.trainer_cfg.model_dump(), "seed": self.seed,
+            "encoder": self.encoder.to_dict() if self.encoder else None, "levels": self.levels,
+            "discounts": self.discounts, "revenue_scale": self.revenue_scale,
+            "revenue_is_conversion": self.revenue_is_conversion,
+            "known_propensity": None if self.known_propensity is None else self.known_propensity.tolist(),
+            "n_features": len(self.encoder.feature_names) if self.encoder else 0,
+            "nets": [n.state_dict() for n in self.nets],
+        }
+
+    def save(self, path) -> None:
+        torch.save(self.state(), path)
+
+    @classmethod
+    def load(cls, path) -> UpliftModel:
+        s = torch.load(path, map_location="cpu", weights_only=False)
+        m = cls(s["net_cfg"], s["trainer_cfg"], s["seed"])
+        m.encoder = FeatureEncoder.from_dict(s["encoder"])
+        m.levels, m.discounts, m.revenue_scale = s["levels"], s["discounts"], s["revenue_scale"]
+        m.revenue_is_conversion = s["revenue_is_conversion"]
+        m.known_propensity = None if s["known_propensity"] is None else np.asarray(s["known_propensity"])
+        for sd in s["nets"]:
+            net = MultiTreatmentNet(s["n_features"], len(m.levels), s["net_cfg"],
+                                    revenue_head=not m.revenue_is_conversion)
+            net.load_state_dict(sd)
+            net.eval()
+            m.nets.append(net)
+        return m

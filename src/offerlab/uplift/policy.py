@@ -1,0 +1,186 @@
+"""Which discount, if any: per-customer choice by expected incremental profit, under an optional budget,
+and its value off-policy on held-out randomised data.
+
+Economics of level l for one customer (control = no contact, no discount):
+    spend_l  = expected discount paid + contact cost = E[rev_l] d_l / (1 - d_l) + contact_cost
+    profit_l = margin (E[rev_l] - E[rev_control]) - spend_l            (incremental over control)
+with revenue net of the discount (the basket before discount is rev / (1 - d)). Without a budget each
+customer gets argmax(0, profit_1, ..., profit_L). With a total budget B on expected spend, the choice is
+a multiple-choice knapsack; we solve its Lagrangian relaxation (each customer maximises profit - lambda
+spend; lambda found by bisection so that total spend <= B) and then fill the leftover budget greedily
+with the best remaining upgrades by incremental profit per unit of spend. Spend never exceeds B.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PolicyConfig(BaseModel):
+    """Margin, costs and budget of a campaign. Discount rates default to the data's (0 for Hillstrom)."""
+
+    model_config = ConfigDict(extra="forbid")
+    margin: float = Field(0.4, gt=0, le=1e6, description="profit per unit of (net) revenue")
+    contact_cost: float = Field(0.1, ge=0, description="cost of contacting one customer with any level")
+    discounts: dict[str, float] | None = Field(None, description="discount rate per level (0 <= d < 1)")
+    budget: float | None = Field(None, ge=0, description="total expected spend allowed; None = unconstrained")
+
+    def discount_rates(self, levels: list[str], default: dict[str, float] | None = None) -> np.ndarray:
+        rates = {**(default or {}), **(self.discounts or {})}
+        d = np.array([float(rates.get(lv, 0.0)) for lv in levels])
+        if ((d < 0) | (d >= 1)).any():
+            raise ValueError(f"discount rates must lie in [0, 1), got {dict(zip(levels, d.tolist(), strict=True))}")
+        return d
+
+
+def level_economics(revenue: np.ndarray, discounts: np.ndarray, margin: float, contact_cost: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Incremental profit and spend per customer and level (n, L); column 0 (control) is 0, 0."""
+    revenue = np.clip(np.asarray(revenue, dtype=float), 0.0, None)  # a regressor may predict below 0
+    d = np.asarray(discounts, dtype=float)
+    spend = revenue * (d / (1.0 - d)) + contact_cost
+    spend[:, 0] = 0.0
+    profit = margin * (revenue - revenue[:, :1]) - spend
+    profit[:, 0] = 0.0
+    return profit, spend
+
+
+def _choose_at(profit: np.ndarray, spend: np.ndarray, lam: float) -> np.ndarray:
+    return np.argmax(profit - lam * spend, axis=1)  # column 0 scores 0, so "none" wins ties and losses
+
+
+def _total(spend: np.ndarray, choice: np.ndarray) -> float:
+    return float(spend[np.arange(len(choice)), choice].sum())
+
+
+def choose_levels(profit: np.ndarray, spend: np.ndarray, budget: float | None = None, iters: int = 60
+                  ) -> tuple[np.ndarray, float]:
+    """Level index per customer (0 = none) maximising total profit with total spend <= budget.
+
+    Returns (choice, spend used). Lagrangian bisection then a greedy fill of the leftover budget.
+    """
+    profit = np.asarray(profit, dtype=float)
+    spend = np.asarray(spend, dtype=float)
+    if (spend < 0).any():
+        raise ValueError("spend must be non-negative")
+    choice = _choose_at(profit, spend, 0.0)
+    if budget is None or _total(spend, choice) <= budget:
+        return choice, _total(spend, choice)
+    rows = np.arange(len(profit))
+    pos = spend > 0
+    ratio = np.where(pos, profit / np.where(pos, spend, 1.0), 0.0)
+    lo, hi = 0.0, max(float(ratio.max()), 0.0) + 1.0  # at hi no paid level is worth it
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if _total(spend, _choose_at(profit, spend, mid)) > budget:
+            lo = mid
+        else:
+            hi = mid
+    choice = _choose_at(profit, spend, hi)
+    left = budget - _total(spend, choice)
+    # greedy fill: each customer's best upgrade from the current choice that adds profit
+    cur_p, cur_s = profit[rows, choice], spend[rows, choice]
+    d_p, d_s = profit - cur_p[:, None], spend - cur_s[:, None]
+    gain = np.where((d_p > 0) & (d_s <= left), d_p / np.maximum(d_s, 1e-12), -np.inf)
+    best = np.argmax(gain, axis=1)
+    cand = np.flatnonzero(np.isfinite(gain[rows, best]))
+    if len(cand):
+        cand = cand[np.argsort(-gain[cand, best[cand]], kind="stable")]
+        cost = d_s[cand, best[cand]]
+        take = cand[np.cumsum(cost) <= left + 1e-12]
+        choice = choice.copy()
+        choice[take] = best[take]
+    used = _total(spend, choice)
+    assert used <= budget + 1e-9 * max(1.0, budget), "budgeted allocation exceeded its budget"
+    return choice, used
+
+
+def recommend(pred: dict[str, np.ndarray], levels: list[str], policy: PolicyConfig, *, customer_id=None,
+              discounts: dict[str, float] | None = None, budget: float | None = None) -> pd.DataFrame:
+    """One row per customer: the level to give (or the control = none) and why, for a campaign file.
+
+    Columns: customer_id, level, treat (bool), expected_incremental_profit, expected_spend,
+    p_conversion (under the chosen level), expected_revenue, uplift_conversion (vs control).
+    """
+    d = policy.discount_rates(levels, discounts)
+    profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
+    choice, _ = choose_levels(profit, spend, policy.budget if budget is None else budget)
+    rows = np.arange(len(choice))
+    n = len(choice)
+    return pd.DataFrame({
+        "customer_id": np.arange(n) if customer_id is None else np.asarray(customer_id),
+        "level": np.asarray(levels, dtype=object)[choice],
+        "treat": choice > 0,
+        "expected_incremental_profit": profit[rows, choice],
+        "expected_spend": spend[rows, choice],
+        "p_conversion": pred["conversion"][rows, choice],
+        "expected_revenue": pred["revenue"][rows, choice],
+        "uplift_conversion": pred["conversion"][rows, choice] - pred["conversion"][:, 0],
+    })
+
+
+# ---------------------------------------------------------------------------------------- off-policy value
+def observed_profit(treatment: np.ndarray, revenue: np.ndarray, discounts: np.ndarray, margin: float,
+                    contact_cost: float) -> np.ndarray:
+    """Realised profit of each logged customer: margin revenue - discount paid - contact cost if treated."""
+    d = np.asarray(discounts, dtype=float)[treatment]
+    return margin * revenue - revenue * d / (1.0 - d) - contact_cost * (treatment > 0)
+
+
+def _mean_ci(psi: np.ndarray, z: float = 1.959964) -> tuple[float, list[float]]:
+    m = float(psi.mean())
+    se = float(psi.std(ddof=1) / np.sqrt(len(psi))) if len(psi) > 1 else float("nan")
+    return m, [m - z * se, m + z * se]
+
+
+def policy_value(choice: np.ndarray, treatment: np.ndarray, profit_obs: np.ndarray, propensity: np.ndarray,
+                 mu: np.ndarray | None = None) -> dict:
+    """Incremental profit per customer of a policy over treat-none, off-policy, with 95% normal CIs.
+
+    IPW: psi_i = y_i (1[T_i = pi_i] / e_i(pi_i) - 1[T_i = 0] / e_i(0)).
+    Doubly robust (when `mu`, the model's expected profit per level (n, L), is given):
+    psi_i = mu_i(pi_i) - mu_i(0) + 1[T_i = pi_i] (y_i - mu_i(pi_i)) / e_i(pi_i) - 1[T_i = 0] (y_i - mu_i(0)) / e_i(0).
+    """
+    rows = np.arange(len(choice))
+    e_pi, e_0 = propensity[rows, choice], propensity[:, 0]
+    hit, ctl = (treatment == choice).astype(float), (treatment == 0).astype(float)
+    out: dict = {}
+    out["ipw"], out["ipw_ci"] = _mean_ci(profit_obs * (hit / e_pi - ctl / e_0))
+    if mu is not None:
+        m_pi, m_0 = mu[rows, choice], mu[:, 0]
+        psi = m_pi - m_0 + hit * (profit_obs - m_pi) / e_pi - ctl * (profit_obs - m_0) / e_0
+        out["dr"], out["dr_ci"] = _mean_ci(psi)
+    out["share_treated"] = float((choice > 0).mean())
+    return out
+
+
+def evaluate_policy(choice: np.ndarray, treatment: np.ndarray, profit_obs: np.ndarray, propensity: np.ndarray,
+                    mu: np.ndarray | None, levels: list[str], best_single: int) -> dict:
+    """The chosen policy beside treat-none (0 by construction) and treat-all with the single best level
+    (`best_single`, picked on training data), plus the difference policy - best single with its CI."""
+    n = len(choice)
+    ours = policy_value(choice, treatment, profit_obs, propensity, mu)
+    single = policy_value(np.full(n, best_single), treatment, profit_obs, propensity, mu)
+    rows = np.arange(n)
+    diff = profit_obs * ((treatment == choice) / propensity[rows, choice]
+                         - (treatment == best_single) / propensity[:, best_single])
+    d_mean, d_ci = _mean_ci(diff)
+    return {
+        "policy_value": ours["ipw"], "policy_value_ci": ours["ipw_ci"],
+        "policy_value_dr": ours.get("dr"), "policy_value_dr_ci": ours.get("dr_ci"),
+        "share_treated": ours["share_treated"],
+        "treat_none_value": 0.0,
+        "best_single_level": levels[best_single], "best_single_value": single["ipw"],
+        "best_single_value_ci": single["ipw_ci"], "best_single_value_dr": single.get("dr"),
+        "policy_minus_best_single": d_mean, "policy_minus_best_single_ci": d_ci,
+    }
+
+
+def best_single_level(treatment: np.ndarray, profit_obs: np.ndarray, propensity: np.ndarray) -> int:
+    """The level (0 = none) whose treat-all IPW value is highest on the given (training) data."""
+    n, n_levels = propensity.shape
+    values = [0.0] + [policy_value(np.full(n, lv), treatment, profit_obs, propensity)["ipw"]
+                      for lv in range(1, n_levels)]
+    return int(np.argmax(values))

@@ -1,0 +1,98 @@
+"""Discount policy: economics by hand, the budget is never exceeded, allocation near optimal, OPE covers truth."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from offerlab.uplift.policy import (
+    PolicyConfig,
+    choose_levels,
+    level_economics,
+    observed_profit,
+    policy_value,
+    recommend,
+)
+
+
+def test_level_economics_by_hand():
+    # revenue net of discount: control 10, 10% level 12 -> discount paid 12 * 0.1 / 0.9 = 1.333..
+    profit, spend = level_economics(np.array([[10.0, 12.0]]), np.array([0.0, 0.1]), margin=0.5, contact_cost=0.2)
+    assert spend[0, 1] == pytest.approx(12 * 0.1 / 0.9 + 0.2)
+    assert profit[0, 1] == pytest.approx(0.5 * 2 - 12 * 0.1 / 0.9 - 0.2)
+    assert profit[0, 0] == 0 and spend[0, 0] == 0
+
+
+def test_unconstrained_choice_is_best_level_or_none():
+    profit = np.array([[0, -1.0, -2.0], [0, 1.0, 3.0], [0, 2.0, 1.0]])
+    spend = np.c_[np.zeros(3), np.ones((3, 2))]
+    choice, used = choose_levels(profit, spend)
+    assert choice.tolist() == [0, 2, 1]
+    assert used == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_budget_never_exceeded_and_profit_grows_with_budget(seed):
+    rng = np.random.default_rng(seed)
+    n, n_levels = 2000, 4
+    spend = np.c_[np.zeros(n), rng.gamma(2.0, 1.0, (n, n_levels - 1))]
+    profit = np.c_[np.zeros(n), rng.normal(0.3, 1.0, (n, n_levels - 1)) * spend[:, 1:]]
+    _, full = choose_levels(profit, spend)
+    last = -np.inf
+    for share in (0.0, 0.01, 0.1, 0.3, 0.5, 0.99, 1.0, 2.0):
+        choice, used = choose_levels(profit, spend, share * full)
+        assert used <= share * full + 1e-9
+        assert used == pytest.approx(spend[np.arange(n), choice].sum())
+        total = profit[np.arange(n), choice].sum()
+        assert total >= last - 1e-9
+        last = total
+
+
+def test_budgeted_allocation_close_to_brute_force_optimum():
+    rng = np.random.default_rng(7)
+    ratios = []
+    for _ in range(20):
+        n, n_levels = 6, 3
+        spend = np.c_[np.zeros(n), rng.uniform(0.5, 2.0, (n, n_levels - 1))]
+        profit = np.c_[np.zeros(n), rng.uniform(-0.5, 2.0, (n, n_levels - 1))]
+        budget = 0.4 * spend[:, 1:].sum()
+        best = 0.0
+        for combo in itertools.product(range(n_levels), repeat=n):
+            c = np.array(combo)
+            if spend[np.arange(n), c].sum() <= budget:
+                best = max(best, profit[np.arange(n), c].sum())
+        choice, used = choose_levels(profit, spend, budget)
+        assert used <= budget + 1e-12
+        ratios.append(profit[np.arange(n), choice].sum() / best)
+    assert min(ratios) > 0.8 and np.mean(ratios) > 0.95
+
+
+def test_ipw_and_dr_confidence_intervals_cover_the_true_value():
+    rng = np.random.default_rng(0)
+    n, n_levels = 40000, 3
+    x = rng.normal(size=n)
+    t = rng.integers(0, n_levels, n)
+    e = np.full((n, n_levels), 1 / n_levels)
+    effect = np.c_[np.zeros(n), 0.5 * (x > 0), np.full(n, 0.2)]
+    y = 1.0 + effect[np.arange(n), t] + rng.normal(size=n)
+    choice = np.where(x > 0, 1, 2)
+    truth = effect[np.arange(n), choice].mean()  # incremental over treat-none
+    val = policy_value(choice, t, y, e, mu=1.0 + effect)
+    assert val["ipw_ci"][0] <= truth <= val["ipw_ci"][1]
+    assert val["dr_ci"][0] <= truth <= val["dr_ci"][1]
+    assert val["dr_ci"][1] - val["dr_ci"][0] < val["ipw_ci"][1] - val["ipw_ci"][0]  # DR is tighter
+
+
+def test_observed_profit_counts_discount_and_contact():
+    prof = observed_profit(np.array([0, 1]), np.array([10.0, 9.0]), np.array([0.0, 0.1]), 0.4, 0.1)
+    assert prof.tolist() == pytest.approx([4.0, 0.4 * 9 - 1.0 - 0.1])
+
+
+def test_recommend_one_customer_and_refuses_bad_discount():
+    pred = {"conversion": np.array([[0.1, 0.3]]), "revenue": np.array([[5.0, 14.0]])}
+    rec = recommend(pred, ["none", "10pct"], PolicyConfig(margin=0.5, contact_cost=0.1,
+                                                         discounts={"10pct": 0.1}), customer_id=["c1"])
+    assert rec.loc[0, "level"] == "10pct" and bool(rec.loc[0, "treat"])
+    assert rec.loc[0, "expected_incremental_profit"] == pytest.approx(0.5 * 9 - 14 * 0.1 / 0.9 - 0.1)
+    with pytest.raises(ValueError, match="discount rates"):
+        PolicyConfig(discounts={"10pct": 1.5}).discount_rates(["none", "10pct"])
