@@ -187,3 +187,15 @@ def test_empty_history():
     s = build_sequences(tx, AS_OF)
     assert len(s) == 0 and s.n_events == 0 and s.absent_ids.tolist() == ["a"]
     assert s.padded()["gap"].shape == (0, 1)
+
+
+def test_categorical_ids_match_strings(tx):
+    from offerlab.data.features import behaviour_features, behaviour_features_at
+
+    cat = tx.assign(customer_id=pd.Categorical(tx.customer_id, categories=["zz", "c", "b", "a"]))
+    s, t = build_sequences(tx, AS_OF), build_sequences(cat, AS_OF)
+    assert t.customer_ids.tolist() == ["a", "b"] and t.absent_ids.tolist() == ["c"]  # unused "zz" is not absent
+    np.testing.assert_array_equal(s.gap_days, t.gap_days)
+    pd.testing.assert_frame_equal(behaviour_features(tx, AS_OF), behaviour_features(cat, AS_OF))
+    anchors = pd.DataFrame({"customer_id": ["zz", "a", "b"], "as_of": [AS_OF] * 3})
+    pd.testing.assert_frame_equal(behaviour_features_at(tx, anchors), behaviour_features_at(cat, anchors))

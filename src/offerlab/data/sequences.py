@@ -6,7 +6,7 @@ Conventions (shared with `offerlab.data.features`):
   default) or ``timestamp < as_of`` (``inclusive=False``). Nothing after ``as_of`` is read: the
   vocabulary, the customer list, the origin and every array are computed from the visible events only.
 - **Customers.** Only customers with at least one visible event get a sequence; they are ordered by
-  customer id (sorted as strings). Customers that appear in ``transactions`` with events only after
+  customer id (sorted as strings, by code point). Customers that appear in ``transactions`` with events only after
   ``as_of`` are listed in ``EventSequences.absent_ids``.
 - **Order.** Events are stably sorted by (customer_id, timestamp): ties keep the input row order.
 - **Categories.** Index 0 is reserved for padding / unknown / missing; real categories are 1..C with
@@ -15,8 +15,10 @@ Conventions (shared with `offerlab.data.features`):
 - **Days.** Times are measured in days (86,400 s) on naive timestamps (tz-aware input is converted to
   UTC and made naive, as `validate_table` does); a "calendar day" is the date of that timestamp.
 
-Everything is vectorised over the flat (CSR) event arrays: one factorize, one stable two-key sort,
-`np.diff`, `np.repeat` / `np.cumsum` gathers. No Python loop over customers or events.
+Everything is vectorised over the flat (CSR) event arrays: one factorize of the ids, one stable sort
+on an exact int64 (customer, time) key (`EventIndex`), `np.diff`, `np.repeat` / `np.cumsum` gathers.
+No Python loop over customers or events. Hashing the string ids is the largest single cost; a
+``customer_id`` column of pandas ``category`` dtype skips it (its codes are used as they are).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from offerlab.data.schema import DataValidationError
@@ -114,7 +118,7 @@ def sorted_lut(uniques: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.
     Returns (lut, ids): ``lut[code]`` is the new dense code (-1 for dropped uniques), ``ids`` the sorted ids.
     """
     pos = np.arange(len(uniques), dtype=np.int64) if keep is None else np.flatnonzero(keep)
-    order = pos[np.argsort(uniques[pos], kind="stable")]
+    order = pos[pc.sort_indices(pa.array(uniques[pos], type=pa.string())).to_numpy()]  # stable, code-point order
     lut = np.full(len(uniques), -1, dtype=np.int64)
     lut[order] = np.arange(len(order), dtype=np.int64)
     return lut, uniques[order]
@@ -175,16 +179,24 @@ _MONTH_ANGLE = 2 * np.pi * np.arange(12) / 12
 def calendar_features(ts_ns: np.ndarray) -> np.ndarray:
     """(n, 7) float32 calendar encoding of int64-ns timestamps; columns are `CALENDAR_FEATURES`."""
     days = ts_ns // DAY_NS
-    dow = (days + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
-    month, dom = _civil_from_days(days)
-    month -= 1
-    tod = ((ts_ns - days * DAY_NS) / DAY_NS * (2 * np.pi)).astype(np.float32)
     out = np.empty((len(ts_ns), len(CALENDAR_FEATURES)), dtype=np.float32)
-    out[:, 0] = np.sin(_DOW_ANGLE).astype(np.float32)[dow]
-    out[:, 1] = np.cos(_DOW_ANGLE).astype(np.float32)[dow]
-    out[:, 2] = np.sin(_MONTH_ANGLE).astype(np.float32)[month]
-    out[:, 3] = np.cos(_MONTH_ANGLE).astype(np.float32)[month]
-    out[:, 4] = dom / np.float32(31.0)
+    if not len(days):
+        return out
+    # the date part through a per-day look-up table over the (short) span of days
+    d0 = int(days.min())
+    span = int(days.max()) - d0 + 1
+    grid = np.arange(d0, d0 + span, dtype=np.int64) if span <= max(len(days), 1 << 16) else days
+    dow = (grid + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    month, dom = _civil_from_days(grid)
+    table = np.zeros((len(grid), len(CALENDAR_FEATURES)), dtype=np.float32)
+    table[:, 0], table[:, 1] = np.sin(_DOW_ANGLE)[dow], np.cos(_DOW_ANGLE)[dow]
+    table[:, 2], table[:, 3] = np.sin(_MONTH_ANGLE)[month - 1], np.cos(_MONTH_ANGLE)[month - 1]
+    table[:, 4] = dom / 31.0
+    if grid is days:
+        out[:] = table
+    else:
+        np.take(table, days - d0, axis=0, out=out)
+    tod = ((ts_ns - days * DAY_NS) * (2 * np.pi / DAY_NS)).astype(np.float32)
     out[:, 5] = np.sin(tod)
     out[:, 6] = np.cos(tod)
     return out
@@ -396,7 +408,8 @@ def build_sequences(
     rows = np.flatnonzero(visible)
     present = np.zeros(len(uniq_all), dtype=bool)
     present[codes_all[rows]] = True
-    absent_ids = np.sort(uniq_all[~present])
+    appears = np.bincount(codes_all, minlength=len(uniq_all)) > 0
+    absent_ids = np.sort(uniq_all[appears & ~present])
     lut, customer_ids = sorted_lut(uniq_all, present)
     codes, ts, amount = lut[codes_all[rows]], ts_all[rows], amount_all[rows]
     if cat_all is not None:
