@@ -6,21 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from event_tables import make_tx as _tx
 from offerlab.data.features import behaviour_features, behaviour_features_at
 
 AS_OF = pd.Timestamp("2024-03-01")
-
-
-def _tx(rows: list[tuple]) -> pd.DataFrame:
-    cid, ts, amount, cat = zip(*rows, strict=True)
-    return pd.DataFrame(
-        {
-            "customer_id": list(cid),
-            "timestamp": pd.to_datetime(list(ts), format="ISO8601"),
-            "amount": list(amount),
-            "category": list(cat),
-        }
-    )
 
 
 @pytest.fixture()

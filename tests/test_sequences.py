@@ -7,21 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
+from event_tables import make_tx as _tx
 from offerlab.data.sequences import EventIndex, build_sequences, calendar_features
 
 AS_OF = pd.Timestamp("2024-03-01")
-
-
-def _tx(rows: list[tuple]) -> pd.DataFrame:
-    cid, ts, amount, cat = zip(*rows, strict=True)
-    return pd.DataFrame(
-        {
-            "customer_id": list(cid),
-            "timestamp": pd.to_datetime(list(ts), format="ISO8601"),
-            "amount": list(amount),
-            "category": list(cat),
-        }
-    )
 
 
 @pytest.fixture()

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from offerlab.config import load_yaml_model
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +80,7 @@ class SearchSpace(BaseModel):
 
 
 def load_search_space(path: str | Path) -> SearchSpace:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"search space file not found: {path}")
-    try:
-        return SearchSpace.model_validate(yaml.safe_load(path.read_text()) or {})
-    except ValidationError as e:
-        raise ValueError(f"search space {path} is invalid: {e}") from None
+    return load_yaml_model(path, SearchSpace, "search space file", missing=FileNotFoundError)
 
 
 def set_dotted(config: dict, dotted: str, value: Any) -> None:

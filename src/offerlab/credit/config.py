@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from offerlab.config import deep_merge, read_yaml
 from offerlab.credit.decision import DecisionConfig
 from offerlab.credit.model import NetConfig, TrainerConfig
 
@@ -71,33 +72,15 @@ class CreditConfig(BaseModel):
             raise ValueError(f"decision policy is invalid: {e}") from None
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
-    if path.resolve() in seen:
-        raise ValueError(f"config {path} includes itself through 'base'")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"config {path} must be a mapping of keys")
+def _terms_relative_to_file(path: Path, raw: dict) -> None:
     if isinstance(raw.get("terms"), str) and not Path(raw["terms"]).is_absolute():
         raw["terms"] = str(path.resolve().parent / raw["terms"])  # relative to the file that names it
-    base = raw.pop("base", None)
-    if base:
-        raw = deep_merge(_read(path.parent / base, (*seen, path.resolve())), raw)
-    return raw
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> CreditConfig:
     """Read, overlay on its base, apply overrides and validate a credit config YAML."""
     path = Path(path)
-    raw = deep_merge(_read(path), overrides or {})
+    raw = deep_merge(read_yaml(path, on_file=_terms_relative_to_file), overrides or {})
     raw["source"] = str(path)
     try:
         cfg = CreditConfig.model_validate(raw)

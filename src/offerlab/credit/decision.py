@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from offerlab.config import load_yaml_model
 from offerlab.credit.explain import MAX_REASONS, explain
 from offerlab.credit.scorecard import GradeBands, ScoreScale, pd_to_grade, pd_to_score
 from offerlab.credit.terms import TermsPolicy, credit_terms
@@ -35,13 +35,7 @@ class DecisionConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DecisionConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"terms config not found: {path}")
-        try:
-            return cls.model_validate(yaml.safe_load(path.read_text()) or {})
-        except ValidationError as e:
-            raise ValueError(f"terms config {path} is invalid: {e}") from None
+        return load_yaml_model(path, cls, "terms config")
 
 
 def decide(model, applications: pd.DataFrame, X: pd.DataFrame, config: DecisionConfig) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from offerlab.config import flatten
 from offerlab.credit.bench import BenchData, load_bench_data
 from offerlab.credit.calibration import reliability_figure
 from offerlab.credit.config import CreditConfig
@@ -28,14 +29,6 @@ from offerlab.credit.scorecard import pd_to_score
 log = logging.getLogger(__name__)
 SAFE_EXAMPLE_COLUMNS = ["pd", "score", "grade", "reason_1", "reason_2", "reason_3", "reason_4", "decision",
                         "decline_reason", "term_options", "insurance_offered"]
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
 
 
 def reason_examples(decisions: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -70,7 +63,7 @@ def train(cfg: CreditConfig, *, progress: bool | None = None, data: BenchData | 
     X_tr, X_te = data.X.iloc[idx_tr], data.X.iloc[idx_te]
     run_name = cfg.tracking.run_name or f"credit-{data.name}"
     with start_run("credit", run_name) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in _flat(cfg.model_dump(exclude={"decision"})).items()})
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg.model_dump(exclude={"decision"})).items()})
         if cfg.source and Path(cfg.source).is_file():
             mlflow.log_artifact(cfg.source, "config")
         mlflow.log_dict(cfg.model_dump(), "config/resolved.yaml")

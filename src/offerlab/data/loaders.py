@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from offerlab.config import load_yaml_model
 from offerlab.data.schema import TABLES, DataValidationError, validate_table
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,7 @@ class ColumnMapping(BaseModel):
 
 def read_mapping(mapping_path: str | Path) -> ColumnMapping:
     """Read and check a column-mapping YAML."""
-    mapping_path = Path(mapping_path)
-    if not mapping_path.is_file():
-        raise DataFileMissing(f"column-mapping file not found: {mapping_path}")
-    try:
-        return ColumnMapping.model_validate(yaml.safe_load(mapping_path.read_text()) or {})
-    except ValidationError as e:
-        raise ValueError(f"column-mapping file {mapping_path} is invalid: {e}") from None
+    return load_yaml_model(mapping_path, ColumnMapping, "column-mapping file", missing=DataFileMissing)
 
 
 def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMapping) -> pd.DataFrame:

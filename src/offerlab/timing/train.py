@@ -17,9 +17,9 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from offerlab.config import deep_merge, flatten, read_yaml
 from offerlab.timing.baselines import end_of_day
 from offerlab.timing.data import FeatureStats, LengthBucketBatches, TimingExamples, build_examples, n_inputs
 from offerlab.timing.model import TimingModel
@@ -131,41 +131,18 @@ class TimingConfig(_Strict):
         return self
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TimingConfig:
     """Read a YAML config (it may name `defaults: <file>` to overlay), apply overrides, validate."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file {path} must hold a mapping")
-        base_name = raw.pop("defaults", None)
-        if base_name:
-            base_path = (path.parent / base_name)
-            raw = _deep_merge(load_raw(base_path), raw)
-    raw = _deep_merge(raw, overrides or {})
+        raw = read_yaml(path, base_key="defaults")
+    raw = deep_merge(raw, overrides or {})
     try:
         return TimingConfig.model_validate(raw)
     except ValidationError as e:
         where = path or "the timing config"
         raise ValueError(f"invalid timing config {where}: {e}") from None
-
-
-def load_raw(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw.pop("defaults", None)
-    return raw
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -309,14 +286,6 @@ class NeuralTPP:
 # ------------------------------------------------------------------------------------------------------
 # the MLflow training job
 # ------------------------------------------------------------------------------------------------------
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def calibration_plots(pred: pd.DataFrame, holdout: pd.DataFrame, horizon: float):
     """Two figures: mean actual vs predicted holdout purchases by bins of the prediction, and the
     reliability curve of P(purchase within 30 days)."""
@@ -374,7 +343,7 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
     horizon = horizon_days(cal, end)
     run_name = run_name or cfg.mlflow.run_name or f"timing-{d.dataset}"
     with start_run("timing", run_name, workdir=workdir) as run:
-        mlflow.log_params({k: str(v) for k, v in _flatten(cfg.model_dump(mode="json", exclude={"trainer_profiles"})).items()})
+        mlflow.log_params({k: str(v) for k, v in flatten(cfg.model_dump(mode="json", exclude={"trainer_profiles"})).items()})
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         if config_path is not None and Path(config_path).is_file():
             mlflow.log_artifact(str(config_path), "config")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from offerlab.config import deep_merge, read_yaml
 from offerlab.uplift.model import NetConfig, TrainerConfig
 from offerlab.uplift.policy import PolicyConfig
 
@@ -50,29 +50,10 @@ class UpliftConfig(BaseModel):
     register_model: bool = False
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_yaml(path: str | Path) -> dict:
-    """The YAML as a dict, with its `base:` chain merged underneath."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"config {path} must be a mapping of keys")
-    base = raw.pop("base", None)
-    return _merge(read_yaml(path.parent / base), raw) if base else raw
-
-
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> UpliftConfig:
     """Validate a config (a YAML path, or defaults) with overrides; errors name the bad key."""
     raw = read_yaml(path) if path else {}
-    raw = _merge(raw, overrides or {})
+    raw = deep_merge(raw, overrides or {})
     try:
         return UpliftConfig.model_validate(raw)
     except ValidationError as e:

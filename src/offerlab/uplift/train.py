@@ -10,20 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from offerlab.config import flatten
 from offerlab.uplift.config import UpliftConfig
 
 log = logging.getLogger(__name__)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, int | float | str | bool) or v is None else str(v)
-    return out
 
 
 def qini_figure(model, test, outcome: str):
@@ -136,7 +126,8 @@ def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, 
     eval_fp = tracking.data_fingerprint(pd.DataFrame({"t": test.treatment, "y": test.conversion,
                                                       "r": test.revenue}))
     with tracking.start_run("uplift", cfg.name, tags={EVAL_FINGERPRINT_TAG: eval_fp}) as run:
-        mlflow.log_params({k: v for k, v in _flat(cfg.model_dump()).items() if v is not None})
+        mlflow.log_params({k: v if isinstance(v, int | float | str | bool) else str(v)
+                           for k, v in flatten(cfg.model_dump()).items() if v is not None})
         if config_path:
             mlflow.log_artifact(str(config_path), "config")
         mlflow.log_dict(cfg.model_dump(), "config/resolved.json")
