@@ -20,6 +20,9 @@ def test_main_job_step_scores_every_application(tmp_path, mlflow_store):
     # calibrated on average and better than chance against the known truth
     assert out["pd"].mean() == pytest.approx(apps["default"].mean(), abs=0.03)
     assert res["eval_auc"] > 0.6 and res["eval_auc_true_pd"] > res["eval_auc"] - 0.02
+    # the observable oracle (the target's reference) is reported beside the raw true PD
+    assert res["eval_auc_gap"] == pytest.approx(res["eval_auc_oracle"] - res["eval_auc"], abs=2e-5)  # rounded
+    assert res["auc_true_pd_all"] > res["auc_oracle_all"] > 0.65
     # purchase history enters the reasons through the configured groups
     reasons = pd.concat([out[f"reason_{k}"] for k in range(1, 5)])
     assert reasons.str.startswith(("Time since last purchase", "Number of past purchases", "Spending with us",

@@ -81,3 +81,24 @@ def test_monitor_psi_on_new_applications(german_model):
     rep = model.monitor(shifted).set_index("variable")
     assert rep.loc["credit_amount", "status"] == "significant"
     assert "score" in rep.index
+
+
+def test_settings_are_chosen_by_inner_validation_only():
+    import pandas as pd
+
+    from offerlab.credit.model import NetConfig
+
+    rng = np.random.default_rng(1)
+    n = 300
+    X = pd.DataFrame({"x": rng.normal(size=n), "noise": rng.normal(size=n), "g": rng.choice(["a", "b"], n)})
+    y = (rng.random(n) < 1 / (1 + np.exp(-(2.0 * X["x"] - 1)))).astype(int).to_numpy()
+    net = {**FAST, "hidden": [], "select_from": [{"l2_wide": 0.3, "lr": 0.003}, {"l2_wide": 0.001}]}
+    model = CreditModel(net, {"max_epochs": 5}, seed=0).fit(X, y)
+    assert [s["l2_wide"] for s in model.selection] == [0.3, 0.001] and [s["lr"] for s in model.selection] == [0.003, 0.03]
+    best = int(np.argmax([s["inner_auc"] for s in model.selection]))
+    assert model.chosen.l2_wide == model.selection[best]["l2_wide"] and len(model.members) == FAST["members"]
+    assert all(0.75 < s["inner_auc"] < 1 for s in model.selection)  # held-out ranking of a strong signal
+    with pytest.raises(ValueError, match=r"may not override \['members'\]"):
+        NetConfig(select_from=[{"members": 3}])
+    with pytest.raises(ValueError, match="lr"):
+        NetConfig(select_from=[{"lr": -1}])

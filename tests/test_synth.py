@@ -248,6 +248,22 @@ def test_uplift_heterogeneity(data: S.SynthData) -> None:
     assert 0.3 < best.get("control", 0) < 0.95 and best.drop("control").sum() > 0.05
 
 
+def test_campaign_profit_charges_the_discount_once(data: S.SynthData) -> None:
+    """profit = margin x list-price basket - discount paid - contact; equal to the uplift policy's economics."""
+    from offerlab.uplift.policy import level_economics
+
+    tc, m, disc = data.truth_campaign, data.meta["margin"], data.meta["discounts"]
+    prof = S.true_expected_profit(tc, data.meta)
+    lv, d = "discount_15", disc["discount_15"]
+    gross = tc[f"exp_revenue_{lv}"] / (1 - d)  # the basket at list price
+    by_hand = m * gross - (gross - tc[f"exp_revenue_{lv}"]) - data.meta["contact_cost"]
+    assert np.allclose(prof[lv], by_hand) and np.allclose(prof["control"], m * tc["exp_revenue_control"])
+    levels = list(S.LEVELS)
+    rev = tc[[f"exp_revenue_{v}" for v in levels]].to_numpy()
+    inc, _ = level_economics(rev, np.array([disc[v] for v in levels]), m, data.meta["contact_cost"])
+    assert np.allclose(inc, (prof[levels] - prof[["control"]].to_numpy()).to_numpy())
+
+
 def test_uplift_learnable_from_behaviour(data: S.SynthData) -> None:
     """True uplift is largely explained by simple features built from pre-campaign transactions."""
     cdate = pd.Timestamp(data.meta["campaign_date"])
@@ -291,6 +307,37 @@ def test_credit_matches_truth(data: S.SynthData) -> None:
     y = apps["default"].to_numpy() == 1
     auc = (r[y].sum() - y.sum() * (y.sum() + 1) / 2) / (y.sum() * (~y).sum())
     assert auc > 0.7
+
+
+def test_credit_oracles_rank_and_calibrate(data: S.SynthData) -> None:
+    tc, y = data.truth_credit, data.applications["default"].to_numpy()
+    from sklearn.metrics import roc_auc_score
+
+    aucs = {c: roc_auc_score(y, tc[c]) for c in ("true_pd", "true_pd_traits", "true_pd_observable")}
+    # each oracle knows less than the one before: the noise, then the latent traits are averaged out
+    assert aucs["true_pd"] > aucs["true_pd_traits"] > aucs["true_pd_observable"] > 0.65
+    for c in ("true_pd_traits", "true_pd_observable"):  # conditional expectations keep the level
+        p = tc[c].to_numpy()
+        assert ((p > 0) & (p < 1)).all() and abs(p.mean() - tc["true_pd"].mean()) < 0.005
+
+
+def test_posterior_oracle_is_calibrated_within_history_groups(data: S.SynthData) -> None:
+    # E[default | observables] must match the default rate in any slice defined by observables
+    tc, apps = data.truth_credit, data.applications
+    p, y = tc["true_pd_observable"].to_numpy(), apps["default"].to_numpy()
+    groups = pd.qcut(p, 4, labels=False)
+    for g in range(4):
+        sel = groups == g
+        se = math.sqrt((p[sel] * (1 - p[sel])).sum()) / sel.sum()
+        assert abs(y[sel].mean() - p[sel].mean()) < 4 * se + 1e-3
+
+
+def test_logit_normal_mean_against_hand_values() -> None:
+    # symmetric about logit 0; sd 0 gives the sigmoid; E[sigmoid(1 + N(0, 1))] = 0.6967 (numerical integral)
+    out = S.logit_normal_mean(np.array([0.0, 2.0, 1.0, -1.0]), 0.0)
+    assert np.allclose(out, [0.5, 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-1)), 1 / (1 + math.e)])
+    assert S.logit_normal_mean(np.array([0.0]), 1.5)[0] == pytest.approx(0.5, abs=1e-12)
+    assert S.logit_normal_mean(np.array([1.0]), 1.0)[0] == pytest.approx(0.69670, abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------------

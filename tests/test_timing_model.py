@@ -55,6 +55,19 @@ def test_answers_for_every_customer(fitted):
     assert (frame["expected_purchases_90d"] >= 0).all()
 
 
+def test_count_head_survives_save_and_load(fitted, tmp_path):
+    from offerlab.timing.predict import load_predictor, save_predictor
+
+    model, _ = fitted
+    assert model.predictor.count_head is not None
+    again = load_predictor(save_predictor(model.predictor, tmp_path / "p.pt"))
+    np.testing.assert_allclose(again.expected_counts(model.state, 184.0), model.predictor.expected_counts(model.state, 184.0),
+                               rtol=1e-6)
+    p_any = again.prob_any(model.state, 184.0)
+    assert ((p_any > 0) & (p_any < 1)).all()
+    assert np.all(again.prob_any(model.state, 30.0) <= p_any + 1e-6)
+
+
 @pytest.mark.slow
 def test_train_command_logs_pyfunc_that_serves(tmp_path, mlflow_store):
     import mlflow

@@ -3,7 +3,9 @@
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy.optimize import minimize_scalar
 
 from offerlab.uplift.policy import (
     PolicyConfig,
@@ -16,10 +18,12 @@ from offerlab.uplift.policy import (
 
 
 def test_level_economics_by_hand():
-    # revenue net of discount: control 10, 10% level 12 -> discount paid 12 * 0.1 / 0.9 = 1.333..
+    # revenue net of discount: control 10, 10% level 12 -> list price 13.333.., discount paid 1.333..;
+    # the margin is on the list price and the discount is charged once: 0.5 (13.33 - 10) - 1.33 - 0.2
     profit, spend = level_economics(np.array([[10.0, 12.0]]), np.array([0.0, 0.1]), margin=0.5, contact_cost=0.2)
     assert spend[0, 1] == pytest.approx(12 * 0.1 / 0.9 + 0.2)
-    assert profit[0, 1] == pytest.approx(0.5 * 2 - 12 * 0.1 / 0.9 - 0.2)
+    assert profit[0, 1] == pytest.approx(0.5 * (12 / 0.9 - 10) - 12 * 0.1 / 0.9 - 0.2)
+    assert profit[0, 1] == pytest.approx(12 - 0.5 * 12 / 0.9 - 0.2 - (10 - 0.5 * 10))  # net - goods cost - contact
     assert profit[0, 0] == 0 and spend[0, 0] == 0
 
 
@@ -85,7 +89,8 @@ def test_ipw_and_dr_confidence_intervals_cover_the_true_value():
 
 def test_observed_profit_counts_discount_and_contact():
     prof = observed_profit(np.array([0, 1]), np.array([10.0, 9.0]), np.array([0.0, 0.1]), 0.4, 0.1)
-    assert prof.tolist() == pytest.approx([4.0, 0.4 * 9 - 1.0 - 0.1])
+    # treated: list price 9 / 0.9 = 10, margin 4.0 on it, minus the 1.0 discount paid and the contact
+    assert prof.tolist() == pytest.approx([4.0, 0.4 * 10 - 1.0 - 0.1])
 
 
 def test_recommend_one_customer_and_refuses_bad_discount():
@@ -93,6 +98,45 @@ def test_recommend_one_customer_and_refuses_bad_discount():
     rec = recommend(pred, ["none", "10pct"], PolicyConfig(margin=0.5, contact_cost=0.1,
                                                          discounts={"10pct": 0.1}), customer_id=["c1"])
     assert rec.loc[0, "level"] == "10pct" and bool(rec.loc[0, "treat"])
-    assert rec.loc[0, "expected_incremental_profit"] == pytest.approx(0.5 * 9 - 14 * 0.1 / 0.9 - 0.1)
+    assert rec.loc[0, "expected_incremental_profit"] == pytest.approx(0.5 * (14 / 0.9 - 5) - 14 * 0.1 / 0.9 - 0.1)
     with pytest.raises(ValueError, match="discount rates"):
         PolicyConfig(discounts={"10pct": 1.5}).discount_rates(["none", "10pct"])
+
+
+def test_budgeted_allocation_meets_the_lagrangian_dual_bound():
+    """On many customers the allocation is optimal up to one customer's profit: within 0.5% of the dual
+    bound min_lambda sum_i max_l (profit - lambda spend) + lambda B, an upper bound on any feasible plan."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    spend = np.c_[np.zeros(n), rng.gamma(2.0, 0.5, (n, 3))]
+    profit = np.c_[np.zeros(n), rng.normal(0.2, 1.0, (n, 3)) * spend[:, 1:]]
+    _, full = choose_levels(profit, spend)
+    for share in (0.1, 0.3, 0.7):
+        budget = share * full
+        choice, used = choose_levels(profit, spend, budget)
+        got = profit[np.arange(n), choice].sum()
+        dual = minimize_scalar(lambda lam, b=budget: (profit - lam * spend).max(axis=1).sum() + lam * b,  # convex
+                               bounds=(0.0, 5.0), method="bounded", options={"xatol": 1e-6})
+        bound = dual.fun
+        assert used <= budget and got >= 0.995 * bound
+
+
+def test_oracle_gap_is_one_when_the_model_knows_the_truth():
+    """The oracle share is 1.00 at every budget when the predictions are the true expected outcomes (the
+    policy, the truth and the evaluation share one profit convention and one allocator)."""
+    from types import SimpleNamespace
+
+    from offerlab.uplift.bench import oracle_gap
+
+    rng = np.random.default_rng(1)
+    n, levels, d = 3000, ["control", "d05", "d15"], np.array([0.0, 0.05, 0.15])
+    p = np.clip(0.2 + rng.normal(0, 0.08, (n, 3)) + np.array([0.0, 0.03, 0.06]), 0.01, 0.99)
+    basket = rng.lognormal(3.0, 0.5, n)[:, None] * (1 + 1.5 * d)
+    truth = pd.DataFrame({f"{q}_{lv}": v[:, i] for q, v in (("p_conv", p), ("exp_revenue", p * basket * (1 - d)))
+                          for i, lv in enumerate(levels)})
+    pred = {"conversion": p, "revenue": p * basket * (1 - d)}
+    out = oracle_gap(pred, SimpleNamespace(levels=levels), truth, PolicyConfig(margin=0.4, contact_cost=0.1), d)
+    for share in ("0.1", "0.3", "1"):
+        assert out["profit_share"][share]["share_of_oracle"] == pytest.approx(1.0)
+        assert out["profit_share"][share]["true_spend_used"] <= out["profit_share"][share]["budget"] + 1e-9
+    assert all(v == pytest.approx(0.0) for v in out["uplift_rmse"].values())

@@ -109,7 +109,12 @@ def data_load(dataset: str, data_path: str | None, mapping: str | None, out: str
 @data.command("summary")
 @click.argument("synth_dir", type=click.Path(exists=True, file_okay=False))
 def data_summary(synth_dir: str) -> None:
-    """Log a data-summary run of a synthetic data set to MLflow (experiment `offerlab-data`)."""
+    """Log a data-summary run of a synthetic data set to MLflow (experiment `offerlab-data`).
+
+    \b
+    Example:
+      offerlab data summary data/synth
+    """
     from offerlab.data.synth import load_synth
     from offerlab.tracking import log_data_summary
 
@@ -180,6 +185,102 @@ def models_cmd(family: str | None) -> None:
         click.echo(f"{r['model']} v{r['version']} [{', '.join(r['aliases']) or '-'}] run {r['run_id']} {shown}")
 
 
+@main.command("score")
+@click.argument("command", type=click.Choice(["timing", "discount", "credit", "offers"]))
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
+              help="Transactions parquet (timing/discount/offers) or applications parquet (credit).")
+@click.option("--output", type=click.Path(dir_okay=False), required=True, help="Output parquet (one row per customer; "
+              "per application for credit).")
+@click.option("--customers", type=click.Path(dir_okay=False), default=None,
+              help="discount/offers: customers parquet with the static attributes the uplift model uses.")
+@click.option("--applications", type=click.Path(dir_okay=False), default=None,
+              help="offers: applications parquet; adds credit_* columns for each customer's latest application.")
+@click.option("--transactions", type=click.Path(dir_okay=False), default=None,
+              help="credit: transactions parquet for the purchase-history features.")
+@click.option("--model-uri", default=None, help="Any MLflow model URI for a one-family command (default: the alias).")
+@click.option("--alias", default="champion", show_default=True, help="Registry alias of offerlab-<family>.")
+@click.option("--as-of", default=None, help="Scoring instant (default: end of the day of the latest transaction).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=50_000, show_default=True, help="Customers per chunk.")
+@click.option("--samples", "n_samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Monte Carlo paths per customer for the expected purchase count (timing).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def score_cmd(command: str, input_path: str, output: str, customers: str | None, applications: str | None,
+              transactions: str | None, model_uri: str | None, alias: str, as_of: str | None, chunk_size: int,
+              n_samples: int, force: bool) -> None:
+    """Batch-score a customer base with the registered models (the ones the services use).
+
+    \b
+    Inputs: transactions = customer_id, timestamp, amount[, category];
+    customers = customer_id + attributes; applications = customer_id, applied_at + application fields.
+    Examples:
+      offerlab score timing --input data/synth/transactions.parquet --output reminders.parquet
+      offerlab score discount --input tx.parquet --customers customers.parquet --output discounts.parquet
+      offerlab score credit --input applications.parquet --transactions tx.parquet --output credit.parquet
+      offerlab score offers --input tx.parquet --customers customers.parquet --applications apps.parquet \\
+          --output offers.parquet --alias challenger --force
+    """
+    from offerlab.serving.score import run_score
+
+    summary = run_score(command, input_path, output, customers=customers, applications=applications,
+                        transactions=transactions, model_uri=model_uri, alias=alias, as_of=as_of,
+                        chunk_size=chunk_size, n_samples=n_samples, force=force)
+    click.echo(json.dumps(summary, indent=1))
+
+
+@main.group()
+def experiment() -> None:
+    """Reproduce an experiment spec (experiments/<name>.yaml): bench JSON, results table, plots.
+
+    \b
+    Examples:
+      offerlab experiment check experiments/credit_german.yaml
+      offerlab experiment run experiments/credit_german.yaml
+      offerlab experiment run experiments/uplift_hillstrom.yaml --quick --out-dir /tmp/results
+    """
+
+
+@experiment.command("run")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out-dir", type=click.Path(file_okay=False), default="experiments/results", show_default=True,
+              help="Writes <out-dir>/<name>/<name>.json/.md/.csv and plots (whole, or not at all).")
+@click.option("--quick", is_flag=True, help="Smoke run: the family's tiny overlay plus the spec's `quick:` block, "
+              "first seed only; outputs go to <out-dir>/<name>_quick/.")
+@click.option("--track/--no-track", default=True, show_default=True, help="Log the results as one MLflow run.")
+def experiment_run(spec: str, out_dir: str, quick: bool, track: bool) -> None:
+    """Run the spec through the family's benchmark and write its results table and plots.
+
+    \b
+    Examples:
+      offerlab experiment run experiments/timing_cdnow.yaml
+      offerlab experiment run experiments/credit_german.yaml --quick --no-track
+    """
+    from offerlab.experiment import run_experiment
+    from offerlab.experiment_report import markdown_table
+
+    out = run_experiment(spec, out_dir, quick=quick, track=track)
+    click.echo(markdown_table(out["table"]))
+    click.echo(f"wrote {', '.join(str(p) for p in out['files'])} in {out['seconds']:.0f}s")
+    if out["run_link"]:
+        click.echo(f"MLflow: {out['run_link']}")
+
+
+@experiment.command("check")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--quick", is_flag=True, help="Check the quick-mode overlay too.")
+def experiment_check(spec: str, quick: bool) -> None:
+    """Validate a spec (keys, files, metric and peer names, overlay against the family config); run nothing.
+
+    \b
+    Example:
+      offerlab experiment check experiments/uplift_hillstrom.yaml
+    """
+    from offerlab.experiment import plan_experiment
+
+    plan = plan_experiment(spec, quick)
+    click.echo(f"ok: {plan.spec.family} on {plan.spec.data.dataset}, config {plan.config}, seeds {plan.seeds}, "
+               f"peers {plan.peers}, metrics {plan.metrics}")
+
+
 class FamilyGroup(click.Group):
     """`train` / `bench`: one subcommand per family whose `offerlab.<family>.cli` exists, imported on use.
 
@@ -203,8 +304,12 @@ class FamilyGroup(click.Group):
 def _attach_family_commands() -> None:
     """Add the `train` and `bench` groups once at least one family provides them."""
     for attr, doc in (
-        ("train", "Train a model family from a YAML config and log it to MLflow."),
-        ("bench", "Benchmark ours against the peers on one split; write the JSON of DESIGN.md."),
+        ("train", "Train a model family from a YAML config and log it to MLflow.\n\n\b\nExamples:\n"
+                  "  offerlab train credit --config configs/credit/german.yaml\n"
+                  "  offerlab train timing --config configs/timing/cdnow.yaml --trainer gpu"),
+        ("bench", "Benchmark ours against the peers on one split; write the JSON of DESIGN.md.\n\n\b\nExamples:\n"
+                  "  offerlab bench uplift --dataset hillstrom --out uplift_hillstrom.json\n"
+                  "  offerlab bench credit --dataset german --out credit_german.json"),
     ):
         group = FamilyGroup(attr, name=attr, help=doc)
         if group.list_commands(click.Context(group)):
@@ -212,6 +317,16 @@ def _attach_family_commands() -> None:
 
 
 _attach_family_commands()
+
+
+def _attach_tune() -> None:
+    """`offerlab tune FAMILY` (offerlab.tune_job; imports the family only when it runs)."""
+    from offerlab.tune_job import tune
+
+    main.add_command(tune)
+
+
+_attach_tune()
 
 if __name__ == "__main__":
     main()

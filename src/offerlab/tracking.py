@@ -70,6 +70,7 @@ def start_run(family: str, run_name: str | None = None, *, nested: bool = False,
     """Start an MLflow run in the family's experiment; on exit prints a one-line summary with its link."""
     import mlflow
 
+    nested = nested or mlflow.active_run() is not None  # inside a tuning study's parent run: one child per trial
     if not nested:
         setup(family, workdir)
     with mlflow.start_run(run_name=run_name, nested=nested, tags={"offerlab.family": family, **(tags or {})}) as run:

@@ -41,6 +41,7 @@ def application_features(
     X = applications[keep].copy()
     if transactions is not None:
         X = X.join(behaviour_at_application(applications, transactions, categories))
+        X = X.join(history_shape_statistics(applications, transactions))
     return X
 
 
@@ -59,6 +60,54 @@ def behaviour_at_application(
     bf.columns = [BEHAVIOUR_PREFIX + str(c) for c in bf.columns]
     bf.index = applications.index
     return bf
+
+
+def history_shape_statistics(applications: pd.DataFrame, transactions: pd.DataFrame) -> pd.DataFrame:
+    """Distribution-shape statistics of each applicant's purchases strictly before `applied_at`.
+
+    Why: the spend level and the regularity of purchases are the behaviour traits behind credit risk,
+    and their efficient summaries are on the log scale: the mean and spread of log amounts (amounts are
+    multiplicative), the mean log gap between purchases (exact times, not whole days) and
+    log(mean gap) - mean(log gap), the sufficient statistic for the shape of gamma-distributed gaps
+    (small = regular buyer). NaN where undefined (no purchase, fewer than two gaps for the shape).
+    Vectorised: one sort of the events, cumulative sums, two searchsorted look-ups per application.
+    """
+    from offerlab.data.sequences import EventIndex, event_columns, factorize_ids, timestamps_ns
+
+    ids, ts, amount, _ = event_columns(transactions)
+    codes, uniques = factorize_ids(ids)
+    index = EventIndex(codes, ts)
+    o = index.order
+    c, t, logamt = codes[o], ts[o], np.log(np.maximum(amount[o], 1e-2))
+    same = np.zeros(len(c), dtype=bool)
+    same[1:] = c[1:] == c[:-1]
+    gap = np.where(same, np.diff(t, prepend=t[:1]) / 8.64e13, 0.0)  # days since the customer's previous purchase
+    pos_gap = same & (gap > 0)
+    loggap = np.where(pos_gap, np.log(np.where(pos_gap, gap, 1.0)), 0.0)
+
+    def csum(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+
+    cums = [csum(x) for x in (np.ones(len(c)), logamt, logamt**2, pos_gap, gap * pos_gap, loggap)]
+    app_code = pd.Index(uniques).get_indexer(applications["customer_id"].astype(str).to_numpy())
+    known = app_code >= 0
+    code = np.where(known, app_code, 0)
+    when = timestamps_ns(applications["applied_at"], "applications", "applied_at")
+    end = np.where(known, index.position(code, when, inclusive=False), 0)
+    first = np.where(known, index.position(code, np.full(len(code), np.iinfo(np.int64).min // 2)), 0)
+    # the first visible event's gap points before the history: exclude it from the gap sums
+    first_gap = np.minimum(first + 1, np.maximum(end, first))
+    n, s1, s2 = (cs[end] - cs[first] for cs in cums[:3])
+    m, sg, slg = (cs[end] - cs[first_gap] for cs in cums[3:])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_log = np.where(n > 0, s1 / n, np.nan)
+        sd_log = np.where(n > 1, np.sqrt(np.maximum(s2 / n - mean_log**2, 0.0)), np.nan)
+        mean_loggap = np.where(m > 0, slg / m, np.nan)
+        shape_stat = np.where(m > 1, np.log(sg / m) - mean_loggap, np.nan)
+    out = pd.DataFrame({"log_amount_mean": mean_log, "log_amount_sd": sd_log, "log_gap_mean": mean_loggap,
+                        "gap_shape_stat": shape_stat, "n_gaps": m}, index=applications.index)
+    out.columns = [BEHAVIOUR_PREFIX + c for c in out.columns]
+    return out
 
 
 def _is_categorical(s: pd.Series) -> bool:

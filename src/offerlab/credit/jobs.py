@@ -49,6 +49,7 @@ def main_job_step(synth_dir: Path, workdir: Path) -> dict:
         "scored_applications": len(decisions),
         "approval_rate_all": round(float((decisions["decision"] == "approve").mean()), 4),
         "auc_true_pd_all": round(auc(data.y, data.true_pd), 4) if data.true_pd is not None else None,
+        "auc_oracle_all": round(auc(data.y, data.oracle_pd), 4) if data.oracle_pd is not None else None,
         "mean_pd_all": round(float(np.mean(decisions["pd"])), 4),
         "output": str(out),
     })  # fmt: skip

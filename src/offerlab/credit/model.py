@@ -25,7 +25,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -55,6 +56,31 @@ class NetConfig(BaseModel):
     calibration: Literal["platt", "temperature", "isotonic", "none"] = "platt"
     ple: bool = Field(False, description="also feed a piecewise-linear numeric encoding to both parts")
     feature_fraction: float = Field(1.0, gt=0, le=1, description="share of features each member sees (random subspace)")
+    select_from: list[dict] = Field(
+        default_factory=list,
+        description="candidate overrides of these settings; fit keeps the one with the best inner cross-validated "
+                    "AUC (chosen on the training rows only). Empty: use these settings as they are",
+    )
+
+    @field_validator("select_from")
+    @classmethod
+    def _candidates_valid(cls, v: list[dict]) -> list[dict]:
+        fixed = {"select_from", "members", "n_bins", "calibration"}  # shared by all candidates
+        for i, over in enumerate(v):
+            bad = sorted(set(over) & fixed)
+            if bad:
+                raise ValueError(f"select_from[{i}] may not override {bad}: every candidate shares them")
+            NetConfig(**over)  # each candidate must be a valid setting on its own
+        return v
+
+    def candidates(self) -> list[NetConfig]:
+        """The settings `fit` chooses among (just this one when `select_from` is empty)."""
+        base = self.model_dump(exclude={"select_from"})
+        return [NetConfig(**{**base, **over}) for over in self.select_from] or [NetConfig(**base)]
+
+
+def _overridden(cfg: NetConfig) -> set[str]:
+    return {k for over in cfg.select_from for k in over}
 
 
 class TrainerConfig(BaseModel):
@@ -198,41 +224,62 @@ class CreditModel:
             return [(tr, va)]
         return list(StratifiedKFold(k, shuffle=True, random_state=self.seed).split(np.zeros(len(y)), y))
 
-    def _fit_member(self, enc: Encoded, y: np.ndarray, tr: np.ndarray, va: np.ndarray, seed: int) -> CreditNet:
+    def _fit_member(self, cfg: NetConfig, enc: Encoded, y: np.ndarray, tr: np.ndarray, va: np.ndarray,
+                    seed: int, callbacks: list | None = None) -> CreditNet:
         pl.seed_everything(seed, workers=True, verbose=False)
         prior = float(np.log(y[tr].mean() / (1 - y[tr].mean())))
-        net = CreditNet(self.encoder.cardinalities, enc.num.shape[1], enc.wide.shape[1], self.net_cfg.model_dump(), prior,
-                        n_ple=enc.ple.shape[1])
-        frac = self.net_cfg.feature_fraction
+        net = CreditNet(self.encoder.cardinalities, enc.num.shape[1], enc.wide.shape[1],
+                        cfg.model_dump(exclude={"select_from"}), prior, n_ple=enc.ple.shape[1])
+        frac = cfg.feature_fraction
         if frac < 1:
             n_feat = len(self.encoder.categorical) + len(self.encoder.numeric)
             chosen = np.random.default_rng(seed).permutation(n_feat)[: max(1, round(frac * n_feat))]
             keep = np.zeros(n_feat, dtype=bool)
             keep[chosen] = True
             net.restrict_features(keep, self.encoder.feature_index())
-        train_dl = DataLoader(TensorDataset(*_tensors(_subset(enc, tr), y[tr])), batch_size=self.net_cfg.batch_size,
-                              shuffle=True, drop_last=len(tr) > self.net_cfg.batch_size)
+        train_dl = DataLoader(TensorDataset(*_tensors(_subset(enc, tr), y[tr])), batch_size=cfg.batch_size,
+                              shuffle=True, drop_last=len(tr) > cfg.batch_size)
         val_dl = DataLoader(TensorDataset(*_tensors(_subset(enc, va), y[va])), batch_size=8192)
         trainer = pl.Trainer(**self.trainer_cfg.model_dump(), logger=False, enable_checkpointing=False,
-                             enable_model_summary=False, callbacks=[KeepBestWeights(self.net_cfg.patience)],
+                             enable_model_summary=False, callbacks=[KeepBestWeights(cfg.patience), *(callbacks or [])],
                              num_sanity_val_steps=0)
         trainer.fit(net, train_dl, val_dl)
         net._trainer = None  # keep the fitted member picklable and light
         return net.cpu().eval()
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> CreditModel:
-        """Fit encoder, ensemble members (inner folds) and the calibration map on held-out logits."""
+    def _fit_members(self, cfg: NetConfig, enc: Encoded, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
+                     callbacks: list | None = None) -> tuple[list[CreditNet], np.ndarray]:
+        """Members on each inner split and their cross-fitted held-out logits (NaN where no split holds out)."""
+        held = np.full(len(y), np.nan)
+        members: list[CreditNet] = []
+        for k, (tr, va) in enumerate(splits):
+            nets = [self._fit_member(cfg, enc, y, tr, va, self.seed * 1000 + 100 * s + k, callbacks)
+                    for s in range(cfg.seeds_per_fold)]
+            members += nets
+            held[va] = np.mean([self._member_logit(net, _subset(enc, va)) for net in nets], axis=0)
+        return members, held
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, callbacks: list | None = None) -> CreditModel:
+        """Fit encoder, ensemble members (inner folds) and the calibration map on held-out logits.
+
+        With `select_from`, each candidate setting trains its own members on the same inner folds and the
+        one whose cross-fitted held-out logits rank best (AUC) is kept (`self.selection` lists them all).
+        """
         y = np.asarray(y, dtype=np.float64)
         if len(np.unique(y)) < 2:
             raise ValueError("training labels hold one class only; need defaults and non-defaults")
         self.encoder = FeatureEncoder(n_bins=self.net_cfg.n_bins).fit(X)
         enc = self.encoder.transform(X)
-        held = np.full(len(y), np.nan)
-        self.members = []
-        for k, (tr, va) in enumerate(self._inner_splits(y)):
-            nets = [self._fit_member(enc, y, tr, va, self.seed * 1000 + 100 * s + k) for s in range(self.net_cfg.seeds_per_fold)]
-            self.members += nets
-            held[va] = np.mean([self._member_logit(net, _subset(enc, va)) for net in nets], axis=0)
+        splits = self._inner_splits(y)
+        self.selection, best = [], None
+        for cfg in self.net_cfg.candidates():
+            members, held = self._fit_members(cfg, enc, y, splits, callbacks)
+            mask = ~np.isnan(held)
+            inner_auc = float(roc_auc_score(y[mask], held[mask]))
+            self.selection.append({"inner_auc": inner_auc, **cfg.model_dump(include=_overridden(self.net_cfg))})
+            if best is None or inner_auc > best[0]:
+                best = (inner_auc, cfg, members, held)
+        _, self.chosen, self.members, held = best
         mask = ~np.isnan(held)
         self.calibrator = make_calibrator(self.net_cfg.calibration).fit(held[mask], y[mask])
         self.feature_columns = list(X.columns)

@@ -42,11 +42,13 @@ def reason_examples(decisions: pd.DataFrame, n: int) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def train(cfg: CreditConfig, *, progress: bool | None = None, data: BenchData | None = None) -> dict:
+def train(cfg: CreditConfig, *, progress: bool | None = None, data: BenchData | None = None,
+          callbacks: list | None = None) -> dict:
     """Train, evaluate on the held-out split and log everything to MLflow.
 
     Returns a JSON-able summary plus the fitted model under "model". `data` skips loading when the
-    caller already holds the applications and their features.
+    caller already holds the applications and their features; `callbacks` (e.g. Optuna pruning) join every
+    member's Lightning fit.
     """
     import mlflow
 
@@ -74,16 +76,19 @@ def train(cfg: CreditConfig, *, progress: bool | None = None, data: BenchData | 
                          "features.fingerprint": data_fingerprint(data.X), "offerlab.eval_fingerprint": eval_fp})
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
 
-        model = CreditModel(cfg.net, cfg.trainer, seed=cfg.seed).fit(X_tr, data.y[idx_tr])
+        model = CreditModel(cfg.net, cfg.trainer, seed=cfg.seed).fit(X_tr, data.y[idx_tr], callbacks)
         model.decision = decision_cfg
         fit_seconds = time.perf_counter() - t0
         apps_te = data.applications.iloc[idx_te]
         decisions = model.decide(apps_te, features=X_te)
         p_te = decisions["pd"].to_numpy()
         metrics = {f"eval_{k}": v for k, v in credit_metrics(data.y[idx_te], p_te).items()}
-        if data.true_pd is not None:
-            oracle_auc = auc(data.y[idx_te], data.true_pd[idx_te])
-            metrics.update({"eval_auc_true_pd": oracle_auc, "eval_auc_gap": oracle_auc - metrics["eval_auc"]})
+        for name, ref in (("true_pd", data.true_pd), ("traits_pd", data.traits_pd)):
+            if ref is not None:
+                metrics[f"eval_auc_{name}"] = auc(data.y[idx_te], ref[idx_te])
+        if data.oracle_pd is not None:
+            oracle_auc = auc(data.y[idx_te], data.oracle_pd[idx_te])
+            metrics.update({"eval_auc_oracle": oracle_auc, "eval_auc_gap": oracle_auc - metrics["eval_auc"]})
         metrics.update({
             "approval_rate": float((decisions["decision"] == "approve").mean()),
             "mean_score": float(decisions["score"].mean()),

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy import special, stats
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: truth_credit gains true_pd_observable
 DAY_NS = 86_400 * 10**9
 
 # --- observable customer attributes -------------------------------------------------------------------
@@ -53,6 +53,11 @@ CAT_EXTRA_QTY = np.array([2.0, 1.0, 1.0, 1.5, 1.0, 0.5, 0.3, 0.1, 0.3, 0.4])  # 
 PREF_CONCENTRATION = 3.0
 SEASON = np.array([0.9, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.1, 1.3])  # amount factor by month
 AMOUNT_NOISE_SD = 0.4
+SPEND_BASE, SPEND_SLOPE = 35.0, 0.55  # spend_level = 35 exp(0.55 z_spend)
+# priors of the latent traits (the posterior credit oracle conditions on them): mean = a + b app + c age_c
+Z_SPEND_AGE, Z_SPEND_SD = 0.2, 0.98
+LOG_K_APP, LOG_K_AGE, LOG_K_SD, SHAPE_MIN, SHAPE_MAX = 0.35, 0.15, 0.6, 0.6, 9.0
+GAP_MEAN, GAP_APP, GAP_AGE, GAP_SD = 24.0, -0.1, 0.08, 0.45
 
 # --- campaign ------------------------------------------------------------------------------------------
 LEVELS = ("control", "discount_05", "discount_10", "discount_15")
@@ -78,6 +83,14 @@ HOUSING = ("own", "rent", "free")
 PURPOSES = ("electronics", "furniture", "appliances", "fashion", "travel", "education", "other")
 PURPOSE_P = np.array([0.25, 0.18, 0.17, 0.12, 0.10, 0.06, 0.12])
 PURPOSE_RISK = np.array([0.0, -0.1, -0.15, 0.25, 0.35, -0.2, 0.1])
+RISK_NOISE_SD = 0.8  # the idiosyncratic part of the latent risk: no table carries it
+RISK_WEIGHT = 0.6  # weight of the latent risk in the logit of the true PD
+B_Z_SPEND = -(RISK_WEIGHT * 0.3 + 0.25)  # total logit slope in z_spend (through risk and directly)
+B_LOG_SHAPE = -(RISK_WEIGHT * 0.35 / LOG_K_SD + 0.3)  # total logit slope in log(shape) (regular = safer)
+INCOME_BASE, INCOME_Z, INCOME_AGE2, INCOME_SD = 38_000.0, 0.25, 0.0006, 0.45
+REQUEST_BASE, REQUEST_Z, REQUEST_SD = 1_200.0, 0.3, 0.8
+N_QUADRATURE = 12  # Gauss-Hermite nodes for marginalising a PD over normal noise
+N_SHAPE_GRID, N_GAP_NODES = 64, 6  # posterior grid over log(shape); adaptive quadrature over log(mean gap)
 
 FILES = {
     "transactions": "transactions.parquet",
@@ -155,7 +168,14 @@ SCHEMAS: dict[str, pa.Schema] = {
         [("customer_id", pa.string())]
         + [(f"{q}_{lv}", pa.float64()) for lv in LEVELS for q in ("p_conv", "exp_revenue", "exp_cost")]
     ),
-    "truth_credit": pa.schema([("application_id", pa.string()), ("true_pd", pa.float64())]),
+    "truth_credit": pa.schema(
+        [
+            ("application_id", pa.string()),
+            ("true_pd", pa.float64()),
+            ("true_pd_observable", pa.float64()),
+            ("true_pd_traits", pa.float64()),
+        ]
+    ),
 }
 
 PROCESS = {
@@ -197,7 +217,12 @@ PROCESS = {
         "-1.95 + 0.6 risk + 0.45 log(requested/monthly income) + 0.02 term + 0.0009 (age-40)^2 "
         "- 0.35 log1p(employment_years) + 0.35 rent + 0.2 free + 0.25 existing_credits + purpose effect "
         "- 0.3 log(shape/2) - 0.25 z_spend - 0.25 log1p(purchases in the 180 days before applied_at) "
-        "+ 0.4 [no purchase in those 180 days]); default ~ Bernoulli(true_pd)."
+        "+ 0.4 [no purchase in those 180 days]); default ~ Bernoulli(true_pd). risk = -0.35 zk - 0.3 z_spend "
+        "+ 0.25 [age 18-24] + N(0, 0.8). Oracles: true_pd_traits = E[true_pd] over the risk noise only (knows "
+        "the latent shape and spend level: an upper bound no model on the tables can reach); "
+        "true_pd_observable = E[true_pd | application, customer attributes, purchases before applied_at]: "
+        "posterior of z_spend (normal, from amounts, income, requested), of log shape (grid, from the gaps) "
+        "and the noise, so the best PD the tables support (up to weak evidence it ignores)."
     ),
 }
 
@@ -289,7 +314,8 @@ def build_meta(n_customers: int, seed: int, start: str, end: str, chunk_size: in
         "assignment_probs": dict(ASSIGN_P),
         "contact_cost": CONTACT_COST,
         "margin": MARGIN,
-        "profit": "margin * revenue - cost (revenue is net of the discount; cost = discount paid + contact)",
+        "profit": "margin * (revenue + discount paid) - cost: the margin is on the list-price basket; revenue is "
+        "net of the discount; cost = discount paid + contact (the discount is charged once)",
         "categories": list(CATEGORIES),
         "category_price_factor": dict(zip(CATEGORIES, CAT_PRICE.tolist(), strict=True)),
         "category_extra_quantity": dict(zip(CATEGORIES, CAT_EXTRA_QTY.tolist(), strict=True)),
@@ -348,12 +374,116 @@ def true_gap_logpdf(truth: pd.DataFrame | Mapping, gaps: np.ndarray, censored: n
     return np.where(cens, ce, ev)
 
 
+def logit_normal_mean(logit: np.ndarray, sd: np.ndarray | float, n_nodes: int = N_QUADRATURE) -> np.ndarray:
+    """E[sigmoid(logit + e)] for e ~ N(0, sd^2), row-wise, by Gauss-Hermite quadrature (exact as nodes grow)."""
+    x, w = np.polynomial.hermite_e.hermegauss(n_nodes)  # weight exp(-x^2 / 2): standard normal nodes
+    vals = _sigmoid(np.asarray(logit, dtype=float)[..., None] + np.asarray(sd, dtype=float)[..., None] * x)
+    return vals @ (w / w.sum())
+
+
+def _log_income_mean(age: np.ndarray) -> np.ndarray:
+    return np.log(INCOME_BASE) - INCOME_AGE2 * (age - 48) ** 2
+
+
+def _credit_logit_observed(age, requested, income, term, emp, housing, purpose, existing, n180) -> np.ndarray:
+    """The part of the true PD's logit that the tables show (all but the latent shape, spend and noise)."""
+    return (
+        -1.95
+        + RISK_WEIGHT * 0.25 * (age < AGE_LO[1])  # the risk trait's 18-24 term
+        + 0.45 * np.log(requested / (income / 12.0))
+        + 0.02 * term
+        + 0.0009 * (age - 40.0) ** 2
+        - 0.35 * np.log1p(emp)
+        + 0.35 * (housing == 1)
+        + 0.2 * (housing == 2)
+        + 0.25 * existing
+        + PURPOSE_RISK[purpose]
+        - 0.25 * np.log1p(n180)
+        + 0.4 * (n180 == 0)
+    )
+
+
+def _history_sums(ev: dict, app: np.ndarray, pos: np.ndarray, spend_signal: np.ndarray) -> dict[str, np.ndarray]:
+    """Per applicant, sums over the purchases before applied_at (events start..pos): the oracle's data."""
+    gap = np.where(ev["seq"] > 0, np.diff(ev["t"], prepend=0.0), 0.0)
+    ok = gap > 0
+
+    def window_sum(x: np.ndarray) -> np.ndarray:
+        cs = np.concatenate([[0.0], np.cumsum(x)])
+        return cs[pos] - cs[ev["starts"][app]]
+
+    return {
+        "n": window_sum(np.ones(len(gap))),
+        "spend_signal": window_sum(spend_signal),
+        "m": window_sum(ok.astype(float)),
+        "gap": window_sum(np.where(ok, gap, 0.0)),
+        "log_gap": window_sum(np.log(np.where(ok, gap, 1.0))),
+    }
+
+
+def _log_shape_posterior(hist: dict, app_channel: np.ndarray, age_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(grid of log shape, posterior weights per applicant) given the gaps before applied_at.
+
+    Prior: the generator's clipped normal on log shape (tails as point masses at the clip bounds);
+    likelihood: gamma gaps with the mean gap integrated over its lognormal prior (adaptive Gauss-Hermite;
+    the generator's clip of the mean gap to [4, 240] days is ignored: it binds 4 prior sds out).
+    """
+    lo, hi = np.log(SHAPE_MIN), np.log(SHAPE_MAX)
+    grid = np.linspace(lo, hi, N_SHAPE_GRID)
+    mu_k = np.log(2.0) + LOG_K_APP * app_channel + LOG_K_AGE * age_c
+    log_w = stats.norm.logpdf(grid[None, :], mu_k[:, None], LOG_K_SD) + np.log(grid[1] - grid[0])
+    log_w[:, 0] = np.logaddexp(log_w[:, 0], stats.norm.logcdf(lo, mu_k, LOG_K_SD))
+    log_w[:, -1] = np.logaddexp(log_w[:, -1], stats.norm.logsf(hi, mu_k, LOG_K_SD))
+    x, wq = np.polynomial.hermite_e.hermegauss(N_GAP_NODES)
+    log_wq = np.log(wq / wq.sum())[None, :]
+    mu_g = (np.log(GAP_MEAN) + GAP_APP * app_channel + GAP_AGE * age_c)[:, None]
+    m, sg, slg = (hist[c][:, None] for c in ("m", "gap", "log_gap"))
+    u_hat = np.log(np.where(m > 0, sg, 1.0) / np.maximum(m, 1.0))  # likelihood mode of log(mean gap)
+    for j, lk in enumerate(grid):  # a loop over grid points; each step is vectorised over applicants
+        k = np.exp(lk)
+        # adaptive Gauss-Hermite over u = log(mean gap): nodes centred on the (normal-approximated) posterior
+        prec = m * k + 1.0 / GAP_SD**2
+        c = (m * k * u_hat + mu_g / GAP_SD**2) / prec
+        u = c + x[None, :] / np.sqrt(prec)
+        log_f = (m * (k * lk - k * u - special.gammaln(k)) + (k - 1.0) * slg - k * sg * np.exp(-u)
+                 - 0.5 * ((u - mu_g) / GAP_SD) ** 2 + 0.5 * x[None, :] ** 2 - 0.5 * np.log(prec * GAP_SD**2))  # fmt: skip
+        log_w[:, j] += special.logsumexp(log_f + log_wq, axis=1)
+    return grid, special.softmax(log_w, axis=1)
+
+
+def _posterior_pd(logit_seen, hist: dict, band, channel, age, income, requested) -> np.ndarray:
+    """E[true PD | everything observable at application]: the best PD any model can reach on these tables.
+
+    The latent spend level has a conjugate normal posterior (its prior, the spend signal of each past
+    purchase, income and requested amount); the shape (regularity) a grid posterior from the gaps; the
+    risk noise its prior. Ignored, as weak: what category choices, the days since the last purchase and
+    drop-out say about the traits (so this is, if anything, a slightly low ceiling).
+    """
+    age_c = (band - 2.3) / 1.5
+    li, lr = np.log(income) - _log_income_mean(age), np.log(requested / REQUEST_BASE)
+    prec = (1 / Z_SPEND_SD**2 + hist["n"] * SPEND_SLOPE**2 / AMOUNT_NOISE_SD**2
+            + INCOME_Z**2 / INCOME_SD**2 + REQUEST_Z**2 / REQUEST_SD**2)  # fmt: skip
+    z_mean = (Z_SPEND_AGE * age_c / Z_SPEND_SD**2 + SPEND_SLOPE * hist["spend_signal"] / AMOUNT_NOISE_SD**2
+              + INCOME_Z * li / INCOME_SD**2 + REQUEST_Z * lr / REQUEST_SD**2) / prec  # fmt: skip
+    sd = np.sqrt(B_Z_SPEND**2 / prec + (RISK_WEIGHT * RISK_NOISE_SD) ** 2)
+    grid, weights = _log_shape_posterior(hist, (channel == CHANNELS.index("app")).astype(float), age_c)
+    base = logit_seen + B_Z_SPEND * z_mean
+    out = np.zeros(len(base))
+    for j, lk in enumerate(grid):
+        out += weights[:, j] * logit_normal_mean(base + B_LOG_SHAPE * (lk - np.log(2.0)), sd)
+    return out
+
+
 def true_expected_profit(truth_campaign: pd.DataFrame, meta: Mapping | None = None) -> pd.DataFrame:
-    """Expected profit per customer and level, margin * exp_revenue - exp_cost (columns = levels)."""
+    """Expected profit per customer and level, margin * exp_gross - exp_cost (columns = levels), where
+    exp_gross = exp_revenue / (1 - d) is the list-price basket: the margin is earned on the list price and
+    the discount, inside exp_cost, is paid once (margin * net revenue - cost would charge it twice)."""
     margin = MARGIN if meta is None else float(meta["margin"])
     levels = list(LEVELS) if meta is None else list(meta["levels"])
+    disc = DISCOUNTS if meta is None else meta["discounts"]
     return pd.DataFrame(
-        {lv: margin * truth_campaign[f"exp_revenue_{lv}"] - truth_campaign[f"exp_cost_{lv}"] for lv in levels},
+        {lv: margin * truth_campaign[f"exp_revenue_{lv}"] / (1.0 - float(disc.get(lv, 0.0)))
+         - truth_campaign[f"exp_cost_{lv}"] for lv in levels},
         index=truth_campaign.index,
     )
 
@@ -367,13 +497,13 @@ def _traits(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     channel = rng.choice(len(CHANNELS), size=n, p=CHANNEL_P)
     app = (channel == CHANNELS.index("app")).astype(float)
     age_c = (age - 2.3) / 1.5
-    log_k = np.log(2.0) + 0.35 * app + 0.15 * age_c + rng.normal(0.0, 0.6, n)
-    shape = np.clip(np.exp(log_k), 0.6, 9.0)
-    mean_gap = np.clip(np.exp(np.log(24.0) - 0.1 * app + 0.08 * age_c + rng.normal(0.0, 0.45, n)), 4.0, 240.0)
+    log_k = np.log(2.0) + LOG_K_APP * app + LOG_K_AGE * age_c + rng.normal(0.0, LOG_K_SD, n)
+    shape = np.clip(np.exp(log_k), SHAPE_MIN, SHAPE_MAX)
+    mean_gap = np.clip(np.exp(np.log(GAP_MEAN) + GAP_APP * app + GAP_AGE * age_c + rng.normal(0.0, GAP_SD, n)), 4.0, 240.0)
     p_drop = np.clip(rng.beta(2.0, 32.0, n) * CHANNEL_DROP[channel], 0.004, 0.6)
-    z_spend = 0.2 * age_c + rng.normal(0.0, 0.98, n)
-    spend = 35.0 * np.exp(0.55 * z_spend)
-    zk = (np.log(shape) - np.log(2.0)) / 0.6
+    z_spend = Z_SPEND_AGE * age_c + rng.normal(0.0, Z_SPEND_SD, n)
+    spend = SPEND_BASE * np.exp(SPEND_SLOPE * z_spend)
+    zk = (np.log(shape) - np.log(2.0)) / LOG_K_SD
     tilt = np.exp(np.where(CAT_REPLENISH, 0.5, -0.5)[None, :] * zk[:, None])
     alpha = PREF_CONCENTRATION * CAT_POP[None, :] * tilt
     g = rng.standard_gamma(alpha)
@@ -383,11 +513,12 @@ def _traits(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     deal_share = prefs[:, CAT_DEAL].sum(axis=1)
     price_sens = REGION_PRICE_SENS[region] - 0.45 * z_spend + 1.5 * (deal_share - 0.29) + rng.normal(0.0, 0.6, n)
     p_repeat = rng.beta(2.0, 5.0, n)
-    risk = -0.35 * zk - 0.3 * z_spend + 0.25 * (age == 0) + rng.normal(0.0, 0.8, n)
+    risk_mean = -0.35 * zk - 0.3 * z_spend + 0.25 * (age == 0)
+    risk = risk_mean + rng.normal(0.0, RISK_NOISE_SD, n)
     return {
         "region": region, "age": age, "channel": channel, "shape": shape, "mean_gap": mean_gap,
         "p_drop": p_drop, "z_spend": z_spend, "spend": spend, "prefs": prefs, "price_sens": price_sens,
-        "p_repeat": p_repeat, "risk": risk,
+        "p_repeat": p_repeat, "risk": risk, "risk_mean": risk_mean,
     }  # fmt: skip
 
 
@@ -425,7 +556,10 @@ def _events(rng: np.random.Generator, tr: dict, w: dict) -> dict[str, np.ndarray
     return {"acq": acq, "n_total": n_total, "cust": cust, "t": t, "counts": counts, "starts": kstarts, "seq": seq}
 
 
-def _transactions(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, num: np.ndarray) -> pa.Table:
+def _transactions(
+    rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, num: np.ndarray
+) -> tuple[pa.Table, np.ndarray]:
+    """The transactions table, plus per event log(amount / expected amount at z_spend 0) for the credit oracle."""
     cust, seq = ev["cust"], ev["seq"]
     n_ev = len(cust)
     fresh = _categorical(rng, tr["prefs"][cust])
@@ -438,6 +572,7 @@ def _transactions(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa
     amount = np.round(tr["spend"][cust] * CAT_PRICE[cat] * SEASON[month] * noise, 2)
     amount = np.maximum(amount, 0.01)
     qty = 1 + rng.poisson(CAT_EXTRA_QTY[cat])
+    spend_signal = np.log(amount / (SPEND_BASE * CAT_PRICE[cat] * SEASON[month])) + 0.5 * AMOUNT_NOISE_SD**2
     cust_arr = pa.array(cust.astype(np.int64))
     prefix = pc.binary_join_element_wise(_ids("o", num), pa.scalar("-"), "")
     seq_str = pc.utf8_lpad(pc.cast(pa.array(seq.astype(np.int64)), pa.string()), 4, "0")
@@ -451,7 +586,7 @@ def _transactions(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa
             pc.binary_join_element_wise(prefix.take(cust_arr), seq_str, ""),
         ],
         schema=SCHEMAS["transactions"],
-    )
+    ), spend_signal
 
 
 def _before(cust: np.ndarray, t: np.ndarray, key: np.ndarray, stride: float) -> np.ndarray:
@@ -517,7 +652,9 @@ def _campaign(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Arr
     return camp, truth
 
 
-def _applications(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, num: np.ndarray, key, stride):
+def _applications(
+    rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, num: np.ndarray, key, stride, spend_signal
+):
     n = len(num)
     app = np.flatnonzero(rng.random(n) < APPLY_RATE)
     m = len(app)
@@ -531,8 +668,8 @@ def _applications(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa
     zs = tr["z_spend"][app]
     band = tr["age"][app]
     age = AGE_LO[band] + np.floor(rng.random(m) * (AGE_HI[band] - AGE_LO[band] + 1)).astype(np.int64)
-    income = np.round(np.exp(np.log(38_000) + 0.25 * zs - 0.0006 * (age - 48) ** 2 + rng.normal(0.0, 0.45, m)), -1)
-    requested = np.round(np.exp(np.log(1_200) + 0.3 * zs + rng.normal(0.0, 0.8, m)), -1)
+    income = np.round(np.exp(_log_income_mean(age) + INCOME_Z * zs + rng.normal(0.0, INCOME_SD, m)), -1)
+    requested = np.round(np.exp(np.log(REQUEST_BASE) + REQUEST_Z * zs + rng.normal(0.0, REQUEST_SD, m)), -1)
     requested = np.maximum(requested, 50.0)
     term_idx = np.clip(np.round((np.log(requested) - np.log(1_200)) / 0.8 + 1.5 + rng.normal(0.0, 0.8, m)), 0, 3)
     term = TERMS[term_idx.astype(np.int64)]
@@ -542,23 +679,14 @@ def _applications(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa
     housing = np.where(u < p_own, 0, np.where(u < p_own + 0.1 * (1 - p_own), 2, 1))
     purpose = rng.choice(len(PURPOSES), size=m, p=PURPOSE_P)
     existing = np.minimum(rng.poisson(0.5 + 0.012 * (age - 18)), 6)
-    logit = (
-        -1.95
-        + 0.6 * tr["risk"][app]
-        + 0.45 * np.log(requested / (income / 12.0))
-        + 0.02 * term
-        + 0.0009 * (age - 40.0) ** 2
-        - 0.35 * np.log1p(emp)
-        + 0.35 * (housing == 1)
-        + 0.2 * (housing == 2)
-        + 0.25 * existing
-        + PURPOSE_RISK[purpose]
-        - 0.3 * np.log(tr["shape"][app] / 2.0)
-        - 0.25 * zs
-        - 0.25 * np.log1p(n180)
-        + 0.4 * (n180 == 0)
-    )
-    pd_true = _sigmoid(logit)
+    logit_seen = _credit_logit_observed(age, requested, income, term, emp, housing, purpose, existing, n180)
+    lk = np.log(tr["shape"][app])
+    logit_traits = logit_seen + B_LOG_SHAPE * (lk - np.log(2.0)) + B_Z_SPEND * zs
+    noise = tr["risk"][app] - tr["risk_mean"][app]
+    pd_true = _sigmoid(logit_traits + RISK_WEIGHT * noise)
+    pd_traits = logit_normal_mean(logit_traits, RISK_WEIGHT * RISK_NOISE_SD)
+    hist = _history_sums(ev, app, pos, spend_signal)
+    pd_observable = _posterior_pd(logit_seen, hist, tr["age"][app], tr["channel"][app], age, income, requested)
     default = (rng.random(m) < pd_true).astype(np.int64)
     app_id = _ids("a", num[app])
     apps = pa.Table.from_arrays(
@@ -578,7 +706,9 @@ def _applications(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa
         ],
         schema=SCHEMAS["applications"],
     )
-    truth = pa.Table.from_arrays([app_id, pa.array(pd_true)], schema=SCHEMAS["truth_credit"])
+    truth = pa.Table.from_arrays(
+        [app_id, pa.array(pd_true), pa.array(pd_observable), pa.array(pd_traits)], schema=SCHEMAS["truth_credit"]
+    )
     return apps, truth
 
 
@@ -589,7 +719,8 @@ def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict) -> dict[str, 
     ev = _events(rng, tr, w)
     stride = w["horizon"] + 1.0
     key = ev["cust"] * stride + ev["t"]  # sorted: customer then time
-    out = {"transactions": _transactions(rng, tr, ev, w, cid, num)}
+    transactions, spend_signal = _transactions(rng, tr, ev, w, cid, num)
+    out = {"transactions": transactions}
     out["customers"] = pa.Table.from_arrays(
         [
             cid,
@@ -601,7 +732,7 @@ def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict) -> dict[str, 
         schema=SCHEMAS["customers"],
     )
     out["campaign"], out["truth_campaign"] = _campaign(rng, tr, ev, w, cid, key, stride)
-    out["applications"], out["truth_credit"] = _applications(rng, tr, ev, w, cid, num, key, stride)
+    out["applications"], out["truth_credit"] = _applications(rng, tr, ev, w, cid, num, key, stride, spend_signal)
     timing = {
         "shape": tr["shape"],
         "scale": tr["mean_gap"] / tr["shape"],

@@ -151,6 +151,7 @@ def run_bench(dataset: str, out: str | Path, *, data_path: str | None = None, ma
                 "simulate_seconds": round(info.get("simulate_seconds", 0.0), 1), "best_epochs": info["best_epochs"],
                 "n_train_events": info["n_train_events"], "n_customers": info["n_customers"],
                 "seeds": cfg.training.seeds, "torch_threads": torch.get_num_threads(),
+                "count_head_seconds": round(info.get("count_head_seconds", 0.0), 1),
             }
             if truth is not None:
                 extra["oracle"] = oracle_block(model, tx, truth, cal, end, pred, truth_table)

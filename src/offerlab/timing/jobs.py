@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 # small and fast: one seed, fixed epochs (no validation pass), fewer Monte Carlo paths
 FAST = {"training": {"seeds": [0], "max_epochs": 6, "validation_days": 0},
-        "prediction": {"n_samples": 50}, "trainer": {"enable_progress_bar": False}}
+        "prediction": {"n_samples": 50}, "counts": {"steps": 120}, "trainer": {"enable_progress_bar": False}}
 
 
 def main_job_step(synth_dir: Path, workdir: Path) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from offerlab.timing.counts import CountHead, count_features
 from offerlab.timing.data import FeatureStats, TimingExamples, build_examples, calendar_features
 from offerlab.timing.distributions import LOG_T_MAX, LOG_T_MIN
 from offerlab.timing.model import TimingModel
@@ -40,8 +41,10 @@ class TimingPredictor:
     """A trained (ensemble of) timing model(s) plus the preprocessing it was trained with."""
 
     def __init__(self, models: list[TimingModel], stats: FeatureStats, categories: list[str], same_day: str,
-                 use_calendar: bool, batch_events: int = 65536, age_inputs: bool = False):
+                 use_calendar: bool, batch_events: int = 65536, age_inputs: bool = False,
+                 count_head: CountHead | None = None):
         self.models = [m.eval() for m in models]
+        self.count_head = count_head  # closed-form long-horizon counts (see counts.py); None = simulate
         self.stats = stats
         self.categories = list(categories)
         self.same_day = same_day
@@ -143,6 +146,28 @@ class TimingPredictor:
         ps = [torch.softmax(m.category_logits(state.h[i]), -1) for i, m in enumerate(self.models)]
         return torch.stack(ps).mean(0).numpy()
 
+    # -- long horizons: the count head when there is one, else Monte Carlo -------------------------------
+    @torch.no_grad()
+    def expected_counts(self, state: CustomerState, horizon_days: float, n_samples: int = 200,
+                        seed: int = 0) -> np.ndarray:
+        """Expected purchases in (as_of, as_of + horizon]: the count head's closed form, else a simulation."""
+        if self.count_head is None:
+            return self.simulate_counts(state, horizon_days, n_samples, seed)
+        x = torch.from_numpy(count_features(self, state))
+        return self.count_head.expected_count(x, float(horizon_days)).double().numpy()
+
+    @torch.no_grad()
+    def prob_any(self, state: CustomerState, horizon_days: float) -> np.ndarray:
+        """P(at least one purchase in the next `horizon_days`): the count head's answer, else `prob_within`.
+
+        The head is trained on whole windows of the calibration period, so it is the calibrated choice
+        for months-long horizons; `prob_within` is the point process's conditional answer for any k.
+        """
+        if self.count_head is None:
+            return self.prob_within(state, horizon_days)
+        x = torch.from_numpy(count_features(self, state))
+        return self.count_head.prob_any(x, float(horizon_days)).double().numpy()
+
     # -- Monte Carlo over the point process -------------------------------------------------------------
     @torch.no_grad()
     def simulate_counts(self, state: CustomerState, horizon_days: float, n_samples: int = 200, seed: int = 0,
@@ -234,7 +259,7 @@ class TimingPredictor:
         finite = np.isfinite(qs[:, 1])
         med = pd.to_timedelta(np.where(finite, qs[:, 1], 0.0), unit="D")
         out["median_next_date"] = (as_of_ts + med).where(finite, pd.NaT).normalize()
-        out[f"expected_purchases_{int(horizon_days)}d"] = self.simulate_counts(state, horizon_days, n_samples, seed)
+        out[f"expected_purchases_{int(horizon_days)}d"] = self.expected_counts(state, horizon_days, n_samples, seed)
         probs = self.category_probs(state)
         if probs is not None:
             top = np.argsort(-probs, axis=1)[:, :top_k]
@@ -252,6 +277,9 @@ def save_predictor(predictor: TimingPredictor, path: str | Path) -> Path:
         "members": [{"hparams": dict(m.hparams), "state_dict": m.state_dict()} for m in predictor.models],
         "stats": vars(predictor.stats), "categories": predictor.categories, "same_day": predictor.same_day,
         "use_calendar": predictor.use_calendar, "age_inputs": predictor.age_inputs,
+        "count_head": None if predictor.count_head is None else {
+            "n_features": predictor.count_head.net[0].in_features, "hidden": predictor.count_head.net[0].out_features,
+            "state_dict": predictor.count_head.state_dict()},
     }, path)
     return path
 
@@ -264,5 +292,10 @@ def load_predictor(path: str | Path) -> TimingPredictor:
         m = TimingModel(**member["hparams"])
         m.load_state_dict(member["state_dict"])
         models.append(m.eval())
+    head = None
+    if blob.get("count_head") is not None:
+        head = CountHead(blob["count_head"]["n_features"], blob["count_head"]["hidden"])
+        head.load_state_dict(blob["count_head"]["state_dict"])
+        head.eval()
     return TimingPredictor(models, FeatureStats(**blob["stats"]), blob["categories"], blob["same_day"],
-                           blob["use_calendar"], age_inputs=blob.get("age_inputs", False))
+                           blob["use_calendar"], age_inputs=blob.get("age_inputs", False), count_head=head)

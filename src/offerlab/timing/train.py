@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from offerlab.config import deep_merge, flatten, read_yaml
 from offerlab.timing.baselines import end_of_day
+from offerlab.timing.counts import fit_count_head
 from offerlab.timing.data import FeatureStats, LengthBucketBatches, TimingExamples, build_examples, n_inputs
 from offerlab.timing.model import TimingModel
 from offerlab.timing.predict import TimingPredictor
@@ -89,6 +90,17 @@ class PredictionConfig(_Strict):
     horizon_days: float = Field(90.0, gt=0)
 
 
+class CountsConfig(_Strict):
+    """The count head (counts.py): closed-form long-horizon counts trained on calibration windows."""
+
+    enabled: bool = True
+    windows: list[int] = Field(default_factory=lambda: [56, 91, 136, 182],
+                               description="days before the cutoff at which self-supervised count windows start")
+    hidden: int = Field(16, ge=2)
+    steps: int = Field(250, ge=1)
+    lr: float = Field(2e-2, gt=0)
+
+
 class TrainerConfig(BaseModel):
     """Lightning Trainer settings; `profile` picks a block of `trainer_profiles`, other keys override it."""
 
@@ -116,6 +128,7 @@ class TimingConfig(_Strict):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     prediction: PredictionConfig = PredictionConfig()
+    counts: CountsConfig = CountsConfig()
     trainer: TrainerConfig = TrainerConfig()
     trainer_profiles: dict[str, dict] = Field(default_factory=dict)
     mlflow: MlflowConfig = MlflowConfig()
@@ -196,12 +209,13 @@ def _new_model(cfg: TimingConfig, ex: TimingExamples, stats: FeatureStats) -> Ti
 
 
 def fit_timing(transactions: pd.DataFrame, cutoff: str | pd.Timestamp, cfg: TimingConfig,
-               progress: bool | None = None) -> tuple[TimingPredictor, dict]:
+               progress: bool | None = None, extra_callbacks: list | None = None) -> tuple[TimingPredictor, dict]:
     """Train the (ensemble) model on the purchases up to `cutoff` (inclusive day); returns it with fit facts.
 
     Per seed: early stopping on the last `validation_days` of the calibration period (the model sees
     histories only up to the start of that window; the window's gaps are scored given what came
-    before), then, with `refit`, the same number of epochs on the whole period.
+    before), then, with `refit`, the same number of epochs on the whole period. `extra_callbacks` (e.g. an Optuna
+    pruning callback) join the early-stopping fit, the one with a validation loss.
     """
     from offerlab.data.sequences import build_sequences
 
@@ -226,7 +240,8 @@ def fit_timing(transactions: pd.DataFrame, cutoff: str | pd.Timestamp, cfg: Timi
         best = _BestState()
         callbacks: list = [_Reshuffle()]
         if ex_val is not None:
-            callbacks += [best, pl.callbacks.EarlyStopping("val_loss", patience=cfg.training.patience)]
+            callbacks += [best, pl.callbacks.EarlyStopping("val_loss", patience=cfg.training.patience),
+                          *(extra_callbacks or [])]
         trainer = _trainer(cfg, cfg.training.max_epochs, callbacks, progress)
         t0 = time.perf_counter()
         trainer.fit(model, _loader(ex_train, cfg, True, seed), _loader(ex_val, cfg, False, seed) if ex_val else None)
@@ -252,7 +267,35 @@ def fit_timing(transactions: pd.DataFrame, cutoff: str | pd.Timestamp, cfg: Timi
     info["n_train_events"] = ex_full.n_events
     info["n_customers"] = ex_full.n_customers
     predictor = TimingPredictor(models, stats, categories, same_day, use_cal, age_inputs=cfg.model.age_inputs)
+    c = cfg.counts
+    if c.enabled:
+        calib = transactions[transactions["timestamp"] <= as_of]
+        predictor.count_head, head_info = fit_count_head(predictor, calib, as_of, c.windows, c.hidden, c.steps, c.lr,
+                                                         seed=cfg.training.seeds[0] if cfg.training.seeds else 0)
+        info.update(head_info)
     return predictor, info
+
+
+@torch.no_grad()
+def holdout_nll(predictor: TimingPredictor, transactions: pd.DataFrame, cutoff: str | pd.Timestamp,
+                holdout_end: str | pd.Timestamp, cfg: TimingConfig) -> float:
+    """Negative log-likelihood per holdout purchase (gap and category), given each history up to `cutoff`.
+
+    The registry's `eval_nll`: every member scores the purchases in (cutoff, holdout_end] and the open gap
+    at the end (censored) exactly as the validation loss scores its window; members are averaged. It does
+    not depend on `category_weight`, so configs that differ in it stay comparable.
+    """
+    end = end_of_day(holdout_end)
+    seqs = predictor.sequences(transactions[transactions["timestamp"] <= end], end)
+    ex, _ = build_examples(seqs, end, predictor.stats, use_calendar=predictor.use_calendar,
+                           age_inputs=predictor.age_inputs, validation_start=end_of_day(cutoff))
+    loader = _loader(ex, cfg, False, 0)
+    total = np.zeros(2)
+    for model in predictor.models:
+        for batch in loader:
+            o = model.batch_nll(batch)
+            total += [float(o["gap_nll_sum"] + o.get("cat_nll_sum", 0.0)), float(o["n_gaps"])]
+    return float(total[0] / max(total[1], 1.0))
 
 
 class NeuralTPP:
@@ -260,25 +303,26 @@ class NeuralTPP:
 
     name = "offerlab"
 
-    def __init__(self, cfg: TimingConfig, progress: bool | None = None):
+    def __init__(self, cfg: TimingConfig, progress: bool | None = None, callbacks: list | None = None):
         self.cfg = cfg
         self.progress = progress
+        self.callbacks = callbacks
 
     def fit(self, transactions: pd.DataFrame, cutoff: str | pd.Timestamp) -> NeuralTPP:
-        self.predictor, self.fit_info = fit_timing(transactions, cutoff, self.cfg, self.progress)
+        self.predictor, self.fit_info = fit_timing(transactions, cutoff, self.cfg, self.progress, self.callbacks)
         self.state = self.predictor.encode(transactions, end_of_day(cutoff))
         return self
 
     def predict(self, horizon_days: float, within_days: float = 30.0) -> pd.DataFrame:
         p = self.predictor
-        p_any = p.prob_within(self.state, horizon_days)
+        p_any = p.prob_any(self.state, horizon_days)
         t0 = time.perf_counter()
-        counts = p.simulate_counts(self.state, horizon_days, self.cfg.prediction.n_samples, seed=0)
+        counts = p.expected_counts(self.state, horizon_days, self.cfg.prediction.n_samples, seed=0)
         self.fit_info["simulate_seconds"] = time.perf_counter() - t0
         return pd.DataFrame({
             "expected_count": counts,
             "p_any": p_any,
-            "p_within": p.prob_within(self.state, within_days),
+            "p_within": p.prob_any(self.state, within_days),
             "risk_score": p_any,
         }, index=pd.Index(self.state.customer_ids, name="customer_id"))
 
@@ -324,7 +368,8 @@ def run_training(cfg: TimingConfig, config_path: Path | None = None, progress: b
 
 
 def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: bool | None = True,
-                  workdir: Path | None = None, run_name: str | None = None) -> tuple[dict, NeuralTPP, pd.DataFrame]:
+                  workdir: Path | None = None, run_name: str | None = None, callbacks: list | None = None
+                  ) -> tuple[dict, NeuralTPP, pd.DataFrame]:
     """`run_training`, also returning the fitted model and the transactions (for the main job's scoring)."""
     import tempfile
 
@@ -342,7 +387,10 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
     calib = tx[tx["timestamp"] <= end_of_day(cal)]
     horizon = horizon_days(cal, end)
     run_name = run_name or cfg.mlflow.run_name or f"timing-{d.dataset}"
-    with start_run("timing", run_name, workdir=workdir) as run:
+    from offerlab.registry import EVAL_FINGERPRINT_TAG
+
+    eval_fp = f"{data_fingerprint(tx[tx['timestamp'] <= end_of_day(end)])}@{pd.Timestamp(cal).date()}"
+    with start_run("timing", run_name, workdir=workdir, tags={EVAL_FINGERPRINT_TAG: eval_fp}) as run:
         mlflow.log_params({k: str(v) for k, v in flatten(cfg.model_dump(mode="json", exclude={"trainer_profiles"})).items()})
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         if config_path is not None and Path(config_path).is_file():
@@ -350,10 +398,11 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
         mlflow.set_tag("data_fingerprint", data_fingerprint(calib))
         summary = table_summary(calib, "calibration")
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
-        model = NeuralTPP(cfg, progress).fit(calib, cal)
+        model = NeuralTPP(cfg, progress, callbacks).fit(calib, cal)
         pred = model.predict(horizon, 30.0)
         holdout = holdout_truth(tx, cal, end, pred.index, d.same_day)
         metrics = evaluate_predictions(pred, holdout, horizon)
+        metrics["eval_nll"] = holdout_nll(model.predictor, tx, cal, end, cfg)
         info = model.fit_info
         fit_metrics = {"events_per_second": info["events_per_second"], "train_seconds": info["train_seconds"],
                        "simulate_seconds": info.get("simulate_seconds", 0.0)}

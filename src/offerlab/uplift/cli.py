@@ -28,7 +28,7 @@ def _default_config(dataset: str) -> Path | None:
 @click.option("--synth-dir", type=click.Path(file_okay=False), default=None, help="Synthetic data folder.")
 @click.option("--customers", type=click.IntRange(min=100), default=None, help="Generate synthetic data of this size.")
 @click.option("--seed", "synth_seed", type=int, default=None, help="Synthetic generator seed.")
-@click.option("--margin", type=float, default=None, help="Profit per unit of revenue for the policy.")
+@click.option("--margin", type=float, default=None, help="Profit per unit of list-price revenue for the policy.")
 @click.option("--contact-cost", type=float, default=None, help="Cost per contacted customer.")
 @click.option("--models", default="offerlab,s_learner,t_learner,x_learner", show_default=True,
               help="Comma-separated models to run.")
@@ -39,7 +39,7 @@ def bench(dataset, out, outcome, seeds, config_path, data_path, mapping, synth_d
     \b
     Examples:
       offerlab bench uplift --dataset hillstrom --out experiments/results/uplift_hillstrom.json
-      offerlab bench uplift --dataset synth --customers 20000 --seed 0 --out experiments/results/uplift_synth.json
+      offerlab bench uplift --dataset synth --seed 0 --out experiments/results/uplift_synth.json
       offerlab bench uplift --dataset mapped --data-path log.csv --mapping configs/data/campaign_example.yaml \\
           --margin 0.3 --contact-cost 0.05 --out mine.json
     """

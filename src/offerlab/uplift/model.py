@@ -6,6 +6,8 @@ treated level's head is parameterised as control head + effect head, and the eff
 penalty on their spread across customers: heterogeneity is shrunk towards one common effect per
 level unless the data insist, which keeps uplift (a small difference of two large predictions)
 from being dominated by noise. Uplift of a level = prediction under that level - under control.
+Optionally (`uplift_loss_weight`) a direct loss fits each level's conversion uplift to the transformed
+outcome, which targets the small difference itself rather than two large predictions (used on Hillstrom).
 
 The propensity head is trained as in DragonNet (it shapes phi towards what predicts assignment);
 known propensities (a randomised log) are used as given, otherwise the head's estimate is used,
@@ -45,6 +47,10 @@ class NetConfig(BaseModel):
     propensity_weight: float = Field(0.1, ge=0, description="DragonNet propensity loss weight")
     revenue_weight: float = Field(1.0, ge=0)
     effect_spread_penalty: float = Field(0.0, ge=0, description="shrinks each level's effect towards a constant")
+    uplift_loss_weight: float = Field(0.0, ge=0, description="weight of a direct loss on each level's conversion "
+                                      "uplift: squared error to the transformed outcome, unbiased in a randomised log")
+    revenue_spread_penalty: float = Field(0.0, ge=0, description="the same for the revenue-given-conversion effect "
+                                          "(a discount scales every basket alike, so a large value is a safe prior)")
     ensemble: int = Field(3, ge=1, description="members trained from different seeds and validation splits")
     propensity: Literal["auto", "known", "estimate"] = "auto"
     ipw_weighting: bool = Field(False, description="weight outcome losses by 1/propensity (observational logs)")
@@ -62,6 +68,22 @@ class TrainerConfig(BaseModel):
     enable_progress_bar: bool = False
     deterministic: bool = False
     num_threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest for these small nets on a busy CPU")
+
+
+def transformed_outcome_loss(conv_logits: torch.Tensor, t: torch.Tensor, y: torch.Tensor, e: torch.Tensor
+                             ) -> torch.Tensor:
+    """Mean squared error of each level's predicted conversion uplift to the transformed outcome
+    Z = y (1[T=l] / q - 1[T=0] / (1 - q)), q = e_l / (e_l + e_0), over the rows of level l or control.
+    E[Z | x] is the true uplift, so this targets the difference directly instead of two separate fits."""
+    p = torch.sigmoid(conv_logits)
+    tau = p[:, 1:] - p[:, :1]
+    lv = torch.arange(1, p.shape[1], device=t.device)
+    t_l = (t[:, None] == lv).float()
+    t_0 = (t == 0).float()[:, None]
+    q = e[:, 1:] / (e[:, 1:] + e[:, :1]).clamp_min(1e-6)
+    z = y[:, None] * (t_l / q.clamp_min(1e-3) - t_0 / (1 - q).clamp_min(1e-3))
+    pair = t_l + t_0
+    return ((pair * (tau - z) ** 2).sum(dim=0) / pair.sum(dim=0).clamp_min(1.0)).sum()
 
 
 class MultiTreatmentNet(pl.LightningModule):
@@ -109,7 +131,9 @@ class MultiTreatmentNet(pl.LightningModule):
         bce = nn.functional.binary_cross_entropy_with_logits(out["conv_logits"][rows, t], batch["y"], reduction="none")
         losses = {"conv": (w * bce).sum() / w.sum()}
         losses["prop"] = nn.functional.cross_entropy(out["prop_logits"], t)
-        spread = out["conv_effect"].var(dim=0).sum() if out["conv_effect"].shape[1] and len(t) > 1 else bce.sum() * 0
+        zero = bce.sum() * 0
+        spread = out["conv_effect"].var(dim=0).sum() if out["conv_effect"].shape[1] and len(t) > 1 else zero
+        rev_spread = zero
         if self.revenue_head:
             conv = batch["y"] > 0
             eta = out["log_rev"][rows, t]
@@ -117,11 +141,17 @@ class MultiTreatmentNet(pl.LightningModule):
             wc = w * conv
             losses["rev"] = (wc * pois).sum() / wc.sum().clamp_min(1.0)
             if out["rev_effect"].shape[1] and len(t) > 1:
-                spread = spread + out["rev_effect"].var(dim=0).sum()
-        losses["spread"] = spread
+                rev_spread = out["rev_effect"].var(dim=0).sum()
+        losses["spread"] = spread + rev_spread
         c = self.c
+        if c.uplift_loss_weight > 0 and self.n_levels > 1:
+            losses["uplift"] = transformed_outcome_loss(out["conv_logits"], t, batch["y"], batch["e"])
+        else:
+            losses["uplift"] = zero
         losses["total"] = (losses["conv"] + c.propensity_weight * losses["prop"] + c.effect_spread_penalty * spread
-                           + (c.revenue_weight * losses["rev"] if self.revenue_head else 0.0))
+                           + (c.effect_spread_penalty + c.revenue_spread_penalty) * rev_spread
+                           + (c.revenue_weight * losses["rev"] if self.revenue_head else 0.0)
+                           + c.uplift_loss_weight * losses["uplift"])
         return losses
 
     def training_step(self, batch, batch_idx):
@@ -201,8 +231,10 @@ class UpliftModel:
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------------------------------- fitting
-    def _tensors(self, x: np.ndarray, data: CampaignData, weights: np.ndarray) -> dict[str, torch.Tensor]:
+    def _tensors(self, x: np.ndarray, data: CampaignData, weights: np.ndarray, prop: np.ndarray
+                 ) -> dict[str, torch.Tensor]:
         return {
+            "e": torch.as_tensor(prop, dtype=torch.float32),
             "x": torch.as_tensor(x, dtype=torch.float32),
             "t": torch.as_tensor(data.treatment, dtype=torch.long),
             "y": torch.as_tensor(data.conversion, dtype=torch.float32),
@@ -234,6 +266,9 @@ class UpliftModel:
         if c.ipw_weighting and prop is not None:
             weights = 1.0 / np.clip(prop[np.arange(len(data)), data.treatment], 1e-3, None)
             weights /= weights.mean()
+        # assignment probabilities for the direct uplift loss: the known design, else the arms' shares
+        e_fit = prop if prop is not None else np.tile(
+            np.bincount(data.treatment, minlength=len(self.levels)) / len(data), (len(data), 1))
         strata = data.treatment * 2 + (data.conversion > 0)
         self.nets, self.history = [], []
         for member in range(c.ensemble):
@@ -252,8 +287,8 @@ class UpliftModel:
             )
             trainer.fit(
                 net,
-                _loader(self._tensors(x[tr], data.subset(tr), weights[tr]), c.batch_size, True, seed),
-                _loader(self._tensors(x[va], data.subset(va), weights[va]), 8192, False, seed),
+                _loader(self._tensors(x[tr], data.subset(tr), weights[tr], e_fit[tr]), c.batch_size, True, seed),
+                _loader(self._tensors(x[va], data.subset(va), weights[va], e_fit[va]), 8192, False, seed),
             )
             net.eval()
             self.nets.append(net.cpu())

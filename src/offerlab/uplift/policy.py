@@ -1,11 +1,15 @@
 """Which discount, if any: per-customer choice by expected incremental profit, under an optional budget,
 and its value off-policy on held-out randomised data.
 
-Economics of level l for one customer (control = no contact, no discount):
+Economics of level l for one customer (control = no contact, no discount). Revenue is what the customer
+pays, net of the discount; the basket at list price is gross = rev / (1 - d); the margin is earned on the
+list price (the goods cost the same whatever the discount), and the discount is paid out of it once:
     spend_l  = expected discount paid + contact cost = E[rev_l] d_l / (1 - d_l) + contact_cost
-    profit_l = margin (E[rev_l] - E[rev_control]) - spend_l            (incremental over control)
-with revenue net of the discount (the basket before discount is rev / (1 - d)). Without a budget each
-customer gets argmax(0, profit_1, ..., profit_L). With a total budget B on expected spend, the choice is
+    profit_l = margin (E[gross_l] - E[gross_control]) - spend_l        (incremental over control)
+i.e. realised profit = margin x gross - discount paid - contact = rev - (1 - margin) gross - contact.
+(margin x net revenue - discount paid would charge the discount twice: once inside the net revenue,
+once as a cost.) The synthetic generator's truth (`synth.true_expected_profit`) uses the same identity.
+Without a budget each customer gets argmax(0, profit_1, ..., profit_L). With a total budget B on expected spend, the choice is
 a multiple-choice knapsack; we solve its Lagrangian relaxation (each customer maximises profit - lambda
 spend; lambda found by bisection so that total spend <= B) and then fill the leftover budget greedily
 with the best remaining upgrades by incremental profit per unit of spend. Spend never exceeds B.
@@ -22,7 +26,7 @@ class PolicyConfig(BaseModel):
     """Margin, costs and budget of a campaign. Discount rates default to the data's (0 for Hillstrom)."""
 
     model_config = ConfigDict(extra="forbid")
-    margin: float = Field(0.4, gt=0, le=1e6, description="profit per unit of (net) revenue")
+    margin: float = Field(0.4, gt=0, le=1e6, description="profit per unit of list-price (gross) revenue")
     contact_cost: float = Field(0.1, ge=0, description="cost of contacting one customer with any level")
     discounts: dict[str, float] | None = Field(None, description="discount rate per level (0 <= d < 1)")
     budget: float | None = Field(None, ge=0, description="total expected spend allowed; None = unconstrained")
@@ -40,9 +44,10 @@ def level_economics(revenue: np.ndarray, discounts: np.ndarray, margin: float, c
     """Incremental profit and spend per customer and level (n, L); column 0 (control) is 0, 0."""
     revenue = np.clip(np.asarray(revenue, dtype=float), 0.0, None)  # a regressor may predict below 0
     d = np.asarray(discounts, dtype=float)
-    spend = revenue * (d / (1.0 - d)) + contact_cost
+    gross = revenue / (1.0 - d)
+    spend = gross - revenue + contact_cost  # discount paid + contact
     spend[:, 0] = 0.0
-    profit = margin * (revenue - revenue[:, :1]) - spend
+    profit = margin * (gross - gross[:, :1]) - spend
     profit[:, 0] = 0.0
     return profit, spend
 
@@ -124,9 +129,11 @@ def recommend(pred: dict[str, np.ndarray], levels: list[str], policy: PolicyConf
 # ---------------------------------------------------------------------------------------- off-policy value
 def observed_profit(treatment: np.ndarray, revenue: np.ndarray, discounts: np.ndarray, margin: float,
                     contact_cost: float) -> np.ndarray:
-    """Realised profit of each logged customer: margin revenue - discount paid - contact cost if treated."""
+    """Realised profit of each logged customer: margin x gross (list-price) revenue - discount paid - contact
+    cost if treated, with gross = revenue / (1 - d) (the convention of `level_economics`)."""
     d = np.asarray(discounts, dtype=float)[treatment]
-    return margin * revenue - revenue * d / (1.0 - d) - contact_cost * (treatment > 0)
+    gross = revenue / (1.0 - d)
+    return margin * gross - (gross - revenue) - contact_cost * (treatment > 0)
 
 
 def _mean_ci(psi: np.ndarray, z: float = 1.959964) -> tuple[float, list[float]]:

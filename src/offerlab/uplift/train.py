@@ -101,8 +101,10 @@ def fit_and_evaluate(cfg: UpliftConfig, callbacks: list | None = None):
     return model, train, test, t_test, scores
 
 
-def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, out_dir: Path | None = None) -> dict:
-    """Train, evaluate and log one run; returns a small JSON-able summary."""
+def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, out_dir: Path | None = None,
+                      callbacks: list | None = None) -> dict:
+    """Train, evaluate and log one run; returns a small JSON-able summary. `callbacks`: extra Lightning
+    callbacks for every member's fit (e.g. Optuna pruning)."""
     import lightning.pytorch as pl
     import mlflow
 
@@ -110,7 +112,7 @@ def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, 
     from offerlab.registry import EVAL_FINGERPRINT_TAG
 
     pl.seed_everything(cfg.seed, verbose=False)
-    model, train, test, t_test, scores = fit_and_evaluate(cfg)
+    model, train, test, t_test, scores = fit_and_evaluate(cfg, callbacks)
     metrics = {f"eval_qini_{lv}": v for lv, v in scores["qini"].items()}
     metrics["eval_qini"] = float(np.mean(list(scores["qini"].values())))
     metrics.update({f"eval_auuc_{lv}": v for lv, v in scores["auuc"].items()})

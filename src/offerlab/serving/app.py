@@ -1,0 +1,154 @@
+"""ASGI pieces every Offerlab service wears: API-key check and a clear 503 when the batcher sheds load.
+
+- `ApiKeyMiddleware`: when `OFFERLAB_API_KEY` is set, a request must carry it as `x-api-key: KEY` or
+  `Authorization: Bearer KEY`, else 401. Health and docs paths stay open (probes, the OpenAPI page),
+  and so do calls over a Unix socket: that is how `bentoml serve` connects a service to the services it
+  `depends` on, and only local processes can reach it.
+- `OverloadMiddleware`: BentoML's adaptive batcher drops requests it cannot serve within
+  `max_latency_ms` by cancelling them, which surfaced as a bare 500; here it becomes a 503 with
+  `Retry-After` and a message saying what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "OFFERLAB_API_KEY"
+OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/")
+
+
+async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The key a request carries in `x-api-key` or `Authorization: Bearer ...`, if any."""
+    h = {k.decode().lower(): v.decode() for k, v in headers}
+    if "x-api-key" in h:
+        return h["x-api-key"]
+    auth = h.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        key = os.environ.get(API_KEY_ENV)
+        if (scope["type"] != "http" or not key or scope.get("client") is None
+                or scope.get("path", "/") in OPEN_PATHS or scope.get("path", "").startswith("/docs")):
+            return await self.app(scope, receive, send)
+        given = presented_key(scope.get("headers", []))
+        if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+            return await _send_json(send, 401, {"error": "missing or wrong API key: send it as 'x-api-key: KEY' "
+                                                         "or 'Authorization: Bearer KEY'"},
+                                    [(b"www-authenticate", b"Bearer")])
+        return await self.app(scope, receive, send)
+
+
+UNAVAILABLE = ("service unavailable: the batch queue is full (requests would wait longer than max_latency_ms) "
+               "or a model is not loaded yet (see /readyz); retry shortly")
+
+
+class Overloaded(asyncio.CancelledError):
+    """Raised by a handler to answer 503 with `UNAVAILABLE`: a CancelledError, so BentoML's handler (which turns
+    every Exception into a bare 500) lets it through to `OverloadMiddleware`."""
+
+
+class OverloadMiddleware:
+    """503 with a clear message and Retry-After for: a request the batcher cancelled, `Overloaded`, and
+    BentoML's own 503s (its dispatcher's "process is overloaded", sent as a generic error text)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path", "/") in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        started = replaced = False
+
+        async def rewriting_send(message):
+            nonlocal started, replaced
+            if replaced:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] == 503:
+                    replaced = True
+                    return await _unavailable(send)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, rewriting_send)
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            if started or (not isinstance(e, Overloaded) and task is not None and task.cancelling()):
+                raise  # the client went away or the server is shutting down: nothing to answer
+            log.warning("request shed under load: answered 503")
+            await _unavailable(send)
+
+
+async def _unavailable(send) -> None:
+    await _send_json(send, 503, {"error": UNAVAILABLE}, [(b"retry-after", b"1")])
+
+
+class Coalescer:
+    """Merges concurrent single-item calls into batches for a sync batch function run in a worker thread.
+
+    Why: adaptive batching without a wait. An idle coalescer runs a call at once (no batching window to
+    pay); while a batch computes, new calls gather and go together as the next batch (at most
+    `max_batch`), so batch size grows with load. More than `max_queue` waiting calls: `Overloaded` (503).
+    A failed batch is retried item by item, so one bad request (e.g. an unknown category) fails alone.
+    """
+
+    def __init__(self, fn, max_batch: int = 64, max_queue: int | None = None):
+        self.fn, self.max_batch = fn, max_batch
+        self.max_queue = max_queue if max_queue is not None else int(os.environ.get("OFFERLAB_MAX_QUEUE", 512))
+        self.pending: list[tuple[object, asyncio.Future]] = []
+        self.running = False
+
+    async def submit(self, item):
+        if len(self.pending) >= self.max_queue:
+            log.warning("coalescer queue full (%d waiting): answered 503", len(self.pending))
+            raise Overloaded()
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((item, fut))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch:]
+                await self._run([item for item, _ in batch], [fut for _, fut in batch])
+        finally:
+            self.running = False
+
+    async def _run(self, items: list, futures: list[asyncio.Future]) -> None:
+        try:
+            results = await asyncio.to_thread(self.fn, items)
+        except Exception as e:  # noqa: BLE001 - delivered to the callers, never lost
+            if len(items) > 1:
+                for item, fut in zip(items, futures, strict=True):
+                    await self._run([item], [fut])
+                return
+            results, error = None, e
+        for i, fut in enumerate(futures):
+            if fut.done():  # the caller went away
+                continue
+            if results is None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(results[i])

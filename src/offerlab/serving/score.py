@@ -1,0 +1,313 @@
+"""Batch scoring: the served models over a whole customer base, for nightly reminder and campaign runs.
+
+`offerlab score {timing|discount|credit|offers}` loads the same MLflow models the services use
+(`models:/offerlab-<family>@champion` unless told otherwise) and calls each pyfunc's vectorised
+`predict` on chunks of customers, so memory stays bounded by the chunk while one pass covers millions.
+
+Inputs (parquet):
+- timing, discount, offers: a transactions table (customer_id, timestamp, amount, category);
+  discount and offers may add a customers table (customer_id + the static attributes the uplift model
+  was trained on, e.g. region, age_band, signup_channel, acquired_at).
+- credit: an applications table (application fields + customer_id, applied_at); behaviour features
+  come from the transactions table when the model uses them.
+- offers: one row per customer in the transactions: timing + discount answers, and the credit answer
+  for the customer's latest application when an applications table is given.
+
+The output parquet carries raw customer ids (it is for the user); logs carry only counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from offerlab.data.schema import DataValidationError
+from offerlab.registry import CHAMPION, model_name
+
+log = logging.getLogger(__name__)
+# command family -> registered model family
+MODEL_FAMILY = {"timing": "timing", "discount": "uplift", "credit": "credit"}
+COMMANDS = (*MODEL_FAMILY, "offers")
+TX_COLUMNS = ("customer_id", "timestamp", "amount")
+TX_OPTIONAL = ("category",)
+APP_COLUMNS = ("customer_id", "applied_at")
+
+
+@dataclass
+class ScoreInputs:
+    """The tables one scoring run reads; `None` where the command does not use one."""
+
+    transactions: pd.DataFrame | None = None
+    customers: pd.DataFrame | None = None
+    applications: pd.DataFrame | None = None
+
+
+def read_table(path: str | Path, table: str, required: tuple[str, ...], optional: tuple[str, ...] | None = None
+               ) -> pd.DataFrame:
+    """Read a parquet table and check that it has the required columns (error names file and column).
+
+    With `optional`, only the required and optional columns are read (memory at millions of rows).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{table} file {path} does not exist")
+    try:
+        cols = None
+        if optional is not None:
+            have = set(pq.read_schema(path).names)
+            cols = [c for c in (*required, *optional) if c in have]
+        df = pd.read_parquet(path, columns=cols)
+    except Exception as e:  # noqa: BLE001 - any reader failure means "not a parquet table we can use"
+        raise ValueError(f"{table} file {path} is not a readable parquet file: {e}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataValidationError(table, missing[0], f"column missing from {path} (has {list(df.columns)})")
+    if len(df) == 0:
+        raise DataValidationError(table, None, f"{path} has no rows")
+    df["customer_id"] = df["customer_id"].astype(str)
+    return df
+
+
+def resolve_uri(family: str, model_uri: str | None = None, alias: str = CHAMPION) -> str:
+    """An explicit MLflow URI, else the registry alias of the family's registered model."""
+    return model_uri or f"models:/{model_name(MODEL_FAMILY[family])}@{alias}"
+
+
+def load_model(family: str, model_uri: str | None = None, alias: str = CHAMPION):
+    """The family's MLflow pyfunc model (clear error when the registry has no such model/alias)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from offerlab import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    uri = resolve_uri(family, model_uri, alias)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as e:
+        raise ValueError(f"cannot load the {family} model {uri} from {tracking.tracking_uri()}: "
+                         f"{str(e).splitlines()[0]}") from None
+
+
+def default_as_of(transactions: pd.DataFrame) -> pd.Timestamp:
+    """One scoring instant for the whole base: the end of the day of the latest transaction."""
+    from offerlab.timing.baselines import end_of_day
+
+    return end_of_day(pd.to_datetime(transactions["timestamp"]).max())
+
+
+def parse_as_of(value: str) -> pd.Timestamp:
+    try:
+        return pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"--as-of {value!r} is not a date or date-time (e.g. 2024-12-31T23:59:59)") from None
+
+
+# ------------------------------------------------------------------------------------------ chunking
+def customer_chunks(chunk_size: int, transactions: pd.DataFrame | None,
+                    applications: pd.DataFrame | None = None
+                    ) -> Iterator[tuple[int, pd.DataFrame | None, pd.DataFrame | None]]:
+    """(number of customers, transactions, applications) of consecutive groups of `chunk_size` customers.
+
+    One factorisation and one stable sort of all rows; each chunk is then a contiguous slice, so the
+    cost is O(rows log rows) once, not once per chunk.
+    """
+    frames = [f for f in (transactions, applications) if f is not None]
+    ids = pd.concat([f["customer_id"] for f in frames], ignore_index=True)
+    codes, uniques = pd.factorize(ids)
+    parts, start = [], 0
+    for f in (transactions, applications):
+        if f is None:
+            parts.append(None)
+            continue
+        c = codes[start:start + len(f)]
+        start += len(f)
+        order = np.argsort(c, kind="stable")
+        parts.append((f.iloc[order].reset_index(drop=True), c[order]))
+    for k0 in range(0, len(uniques), chunk_size):
+        k1 = k0 + chunk_size
+        out = []
+        for p in parts:
+            if p is None:
+                out.append(None)
+                continue
+            f, c = p
+            lo, hi = np.searchsorted(c, [k0, k1])
+            out.append(f.iloc[lo:hi])
+        yield min(k1, len(uniques)) - k0, out[0], out[1]
+
+
+def n_customers(inputs: ScoreInputs) -> int:
+    frames = [f for f in (inputs.transactions, inputs.applications) if f is not None]
+    return int(pd.concat([f["customer_id"] for f in frames]).nunique())
+
+
+# ------------------------------------------------------------------------------------- per family
+def score_timing(model, tx: pd.DataFrame, as_of: pd.Timestamp, n_samples: int = 100) -> pd.DataFrame:
+    """Next-purchase answers per customer (the timing pyfunc at one instant for every chunk)."""
+    return model.predict(tx, params={"as_of": str(as_of), "n_samples": int(n_samples)})
+
+
+def discount_features(model, tx: pd.DataFrame, customers: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The uplift model's raw feature columns for each customer in `tx` (plus customer_id), as in training."""
+    from offerlab.uplift.data import synth_features
+
+    ids = pd.unique(tx["customer_id"])
+    cust = customers[customers["customer_id"].isin(ids)] if customers is not None else None
+    feats = synth_features(tx, cust, as_of, ids)
+    raw = model.unwrap_python_model().model.encoder.raw_columns
+    for c in raw:
+        if c not in feats.columns and c.startswith("cat_share_"):
+            feats[c] = 0.0  # no purchase of that category in this chunk
+    missing = [c for c in raw if c not in feats.columns]
+    if missing:
+        raise DataValidationError("customers", missing[0], "feature the uplift model needs: pass --customers with "
+                                  "this attribute (or a model trained without it)")
+    return feats[raw].set_index(pd.Index(ids.astype(str), name="customer_id"))
+
+
+def score_discount(model, tx: pd.DataFrame, customers: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Which discount level, if any, per customer, with expected profit (the uplift pyfunc)."""
+    feats = discount_features(model, tx, customers, as_of)
+    # the logged signature has no customer_id (MLflow would drop it): rows keep their order, ids go back after
+    out = model.predict(feats.reset_index(drop=True))
+    out.insert(0, "customer_id", feats.index.to_numpy())
+    return out
+
+
+def score_credit(model, apps: pd.DataFrame, tx: pd.DataFrame | None) -> pd.DataFrame:
+    """PD, score, grade, reasons and terms per application (behaviour features from `tx` when needed)."""
+    cm = model.unwrap_python_model().model
+    feats = cm.features(apps, tx)
+    beh = [c for c in feats.columns if c.startswith("beh_") and c not in apps.columns]
+    out = model.predict(apps.drop(columns=["default"], errors="ignore").join(feats[beh]))
+    for i, c in enumerate(("customer_id", "application_id")):
+        if c in apps and c not in out:
+            out.insert(i, c, apps[c].to_numpy())
+    return out
+
+
+def latest_application(apps: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's most recent application (offers answers one credit decision per customer)."""
+    apps = apps.assign(applied_at=pd.to_datetime(apps["applied_at"]))
+    return apps.sort_values("applied_at", kind="stable").drop_duplicates("customer_id", keep="last")
+
+
+def _prefixed(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    return df.rename(columns={c: f"{prefix}_{c}" for c in df.columns if c != "customer_id"})
+
+
+def score_offers(models: dict, tx: pd.DataFrame, customers: pd.DataFrame | None, apps: pd.DataFrame | None,
+                 as_of: pd.Timestamp, n_samples: int = 100) -> pd.DataFrame:
+    """One row per customer: timing_*, discount_* and (with applications) credit_* columns."""
+    out = _prefixed(score_timing(models["timing"], tx, as_of, n_samples), "timing")
+    disc = _prefixed(score_discount(models["discount"], tx, customers, as_of), "discount")
+    out = out.merge(disc, on="customer_id", how="left", validate="one_to_one")
+    if apps is not None and len(apps):
+        credit = _prefixed(score_credit(models["credit"], apps, tx), "credit")
+        out = out.merge(credit, on="customer_id", how="left", validate="one_to_one")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- runner
+def read_inputs(command: str, input_path: str | Path, customers_path: str | Path | None = None,
+                applications_path: str | Path | None = None, transactions_path: str | Path | None = None
+                ) -> ScoreInputs:
+    """The tables `command` needs; credit's --input is the applications table, the others' transactions."""
+    if command == "credit":
+        apps = read_table(input_path, "applications", APP_COLUMNS)
+        tx = read_table(transactions_path, "transactions", TX_COLUMNS, TX_OPTIONAL) if transactions_path else None
+        if tx is not None:  # only applicants' histories matter; every chunk then holds applications
+            tx = tx[tx["customer_id"].isin(pd.unique(apps["customer_id"]))]
+        return ScoreInputs(transactions=tx, applications=apps)
+    tx = read_table(input_path, "transactions", TX_COLUMNS, TX_OPTIONAL)
+    cust = read_table(customers_path, "customers", ("customer_id",)) if customers_path else None
+    apps = None
+    if applications_path and command == "offers":
+        apps = latest_application(read_table(applications_path, "applications", APP_COLUMNS))
+        apps = apps[apps["customer_id"].isin(pd.unique(tx["customer_id"]))]
+    return ScoreInputs(transactions=tx, customers=cust, applications=apps)
+
+
+def load_models(command: str, model_uri: str | None = None, alias: str = CHAMPION) -> dict:
+    """family -> pyfunc model for the command (`model_uri` only for a single-family command)."""
+    if command == "offers":
+        if model_uri:
+            raise ValueError("--model-uri names one model; offers uses all three (use --alias)")
+        return {f: load_model(f, None, alias) for f in MODEL_FAMILY}
+    return {command: load_model(command, model_uri, alias)}
+
+
+def score_chunk(command: str, models: dict, inputs: ScoreInputs, tx: pd.DataFrame | None,
+                apps: pd.DataFrame | None, as_of: pd.Timestamp | None, n_samples: int) -> pd.DataFrame:
+    if command == "timing":
+        return score_timing(models["timing"], tx, as_of, n_samples)
+    if command == "discount":
+        return score_discount(models["discount"], tx, inputs.customers, as_of)
+    if command == "credit":
+        return score_credit(models["credit"], apps, tx)
+    return score_offers(models, tx, inputs.customers, apps, as_of, n_samples)
+
+
+def check_output(output: str | Path, inputs: list[str | Path | None], force: bool) -> Path:
+    out = Path(output)
+    if out.suffix != ".parquet":
+        raise ValueError(f"output {out} must end in .parquet")
+    if any(p and out.resolve() == Path(p).resolve() for p in inputs):
+        raise ValueError(f"output {out} is one of the inputs; choose another path")
+    if out.exists() and not force:
+        raise ValueError(f"output {out} exists; pass --force to replace it")
+    return out
+
+
+def write_atomic(df: pd.DataFrame, out: Path) -> None:
+    """Write beside the target and rename: a failed run never leaves a half-written or clobbered output."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_score(command: str, input_path: str | Path, output: str | Path, *, customers: str | Path | None = None,
+              applications: str | Path | None = None, transactions: str | Path | None = None,
+              model_uri: str | None = None, alias: str = CHAMPION, as_of: str | None = None,
+              chunk_size: int = 50_000, n_samples: int = 100, force: bool = False, progress: bool = True) -> dict:
+    """Score every customer of the input and write one parquet; returns counts and timings (no ids)."""
+    from tqdm.auto import tqdm
+
+    if command not in COMMANDS:
+        raise ValueError(f"unknown score command {command!r}; expected one of {list(COMMANDS)}")
+    out = check_output(output, [input_path, customers, applications, transactions], force)
+    t0 = time.perf_counter()
+    inputs = read_inputs(command, input_path, customers, applications, transactions)
+    when = None
+    if command != "credit":
+        when = parse_as_of(as_of) if as_of else default_as_of(inputs.transactions)
+    models = load_models(command, model_uri, alias)
+    t_load = time.perf_counter() - t0
+    total = n_customers(inputs)
+    parts = []
+    with tqdm(total=total, unit="customer", disable=not progress, desc=f"score {command}") as bar:
+        for n, tx, apps in customer_chunks(chunk_size, inputs.transactions, inputs.applications):
+            parts.append(score_chunk(command, models, inputs, tx, apps, when, n_samples))
+            bar.update(n)
+    result = pd.concat(parts, ignore_index=True)
+    write_atomic(result, out)
+    seconds = time.perf_counter() - t0
+    summary = {"command": command, "customers": total, "rows": len(result), "seconds": round(seconds, 3),
+               "load_seconds": round(t_load, 3), "customers_per_s": round(total / max(seconds - t_load, 1e-9), 1),
+               "as_of": str(when) if when is not None else None, "output": str(out)}
+    log.info("scored %d customers (%d rows) with %s in %.1fs", total, len(result), command, seconds)
+    return summary

@@ -1,0 +1,79 @@
+"""`bentoml serve` for real: `Offers` (with its three dependencies) and `OffersLocal` over loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving_models import serving_models  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    """Poll /readyz until 200 (models loaded in every service), failing fast if the server died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{url}/readyz not ready after {timeout:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", ["Offers", "OffersLocal"])
+def test_bentoml_serve_offers_over_http(serving_models, tmp_path, service):  # noqa: F811
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": serving_models.tracking_uri, "OFFERLAB_API_KEY": "k3y",
+           "BENTOML_HOME": str(tmp_path / "bentoml")}
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", f"serving.service:{service}",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(url, proc)
+        body = serving_models.offers_request(n=50)
+        key = {"x-api-key": "k3y"}
+        assert httpx.post(f"{url}/offers", json=body, timeout=30).status_code == 401
+        r = httpx.post(f"{url}/offers", json=body, headers=key, timeout=30)
+        assert r.status_code == 200, r.text
+        ans = r.json()
+        assert ans["customer_id"] == "c-test" and ans["credit"]["decision"] in ("approve", "decline")
+        assert 0 <= ans["timing"]["p_buy_30d"] <= 1 and float(r.headers["x-model-ms"]) > 0
+        bad = {**body, "history": [{**body["history"][0], "amount": -1.0}, *body["history"][1:]]}
+        r = httpx.post(f"{url}/offers", json=bad, headers=key, timeout=30)
+        assert r.status_code == 400 and "history" in r.text and "amount" in r.text
+        unknown = {**body, "history": [{**body["history"][0], "category": "no-such-category"}]}
+        r = httpx.post(f"{url}/offers", json=unknown, headers=key, timeout=30)
+        assert r.status_code == 400 and "category" in r.text, r.text
+        docs = httpx.get(f"{url}/docs.json", timeout=10).json()
+        assert "/offers" in docs["paths"] and "example" in docs["components"]["schemas"]["OffersRequest"]
+        log.flush()
+        served = (tmp_path / "serve.log").read_text()
+        assert "c-test" not in served  # no raw customer id in the logs
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()

@@ -1,0 +1,35 @@
+"""A short, bounded locust run against `bentoml serve`: figures come out and nothing answers 5xx."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from offerlab.serving.loadtest import load_test, percentile, table, write_json
+from serving_models import serving_models  # noqa: F401
+
+SERVER_ENV = {"OFFERLAB_MAX_LATENCY_MS": "60000", "OFFERLAB_TIMING_SAMPLES": "8"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_short_load_run_has_figures_and_no_5xx(serving_models, tmp_path):  # noqa: F811
+    result = load_test(rate=4, duration=6, ramp=(2,), stage_seconds=4, server_env=SERVER_ENV)
+    fixed = result["fixed_rate"]
+    assert result["history_length"] == 50
+    assert fixed["requests"] >= 2 and fixed["errors_5xx"] == 0, fixed
+    assert result["ramp"][0]["errors_5xx"] == 0, result["ramp"]
+    assert 0 < fixed["p50_ms"] <= fixed["p95_ms"] <= fixed["p99_ms"]
+    assert 0 < fixed["model_share_p50"] <= 1.0  # the server's model time (x-model-ms) is part of the total
+    assert result["peak_throughput_rps"] > 0
+    write_json(result, tmp_path / "load.json")
+    assert json.loads((tmp_path / "load.json").read_text())["fixed_rate"]["requests"] == fixed["requests"]
+    assert "peak throughput" in table(result)
+
+
+def test_percentiles_from_locust_histogram():
+    hist = {"10": 1, "2": 2, "41": 1}  # locust's {rounded ms: count}, keys unsorted strings
+    assert percentile(hist, 0.5) == 2.0
+    assert percentile(hist, 0.75) == 10.0
+    assert percentile(hist, 0.99) == 41.0
