@@ -83,6 +83,9 @@ def test_tune_uplift_logs_promotable_trials(tmp_path, mlflow_store):
     children = _children(_parent_id(r.output))
     assert len(children) == 2
     assert all(c.data.metrics["eval_qini"] == c.data.metrics["eval_qini"] for c in children)  # logged, not NaN
+    # the study selects on a validation share of the training rows, never on the test split it reports
+    assert all(c.data.metrics["val_qini"] == c.data.metrics["val_qini"] for c in children)
+    assert all(int(c.data.metrics["n_train"]) == 336 for c in children)  # 600 rows -> 420 train -> 336 fit, 84 val
     assert all(c.data.tags.get("offerlab.eval_fingerprint") for c in children)
     from offerlab.uplift.config import load_config
 

@@ -1,9 +1,9 @@
 """Calibration maps from a model's raw log-odds to probabilities of default, fitted on held-out rows.
 
 Platt (a * logit + b), temperature (logit / T) and isotonic regression share one tiny interface
-(`fit(logit, y)`, `transform(logit)`). The network's held-out logits come from cross-fitting inside
-the training data (each ensemble member scores the rows it did not train on), so the map is never
-fitted on the rows that produced the logits.
+(`fit(logit, y)`, `transform(logit)`). The PD model fits the map on training rows set aside from its
+members, scored by the averaged ensemble (the very score the map is applied to), so the map is never
+fitted on rows that produced the logits nor on a differently spread score.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 Why this shape: credit tables are small (German credit: 1,000 rows) and mostly additive in the
 log-odds, so the network is a linear ("wide") part on one-hot categories and numeric quantile bins
 — a logistic scorecard learned by gradient descent — plus a small MLP over category embeddings and
-the scaled numerics for interactions, both under L2 penalties. Several members are trained, each
-on the training rows minus one inner fold (early-stopped on that fold); the members' logits are
-averaged, and the calibration map is fitted on the cross-fitted held-out logits, so each training
-row is scored by members that never saw it. (Caveat: a held-out logit comes from one member while a
-prediction averages all of them, which is slightly less spread out; with the L2 penalties the
-members agree closely and the pooled ECE stays well inside target.) Options: a piecewise-linear
+the scaled numerics for interactions, both under L2 penalties. A stratified share of the training
+rows (`calibration_fraction`) is set aside; on the rest, several members are trained, each on those
+rows minus one inner fold (early-stopped on that fold), and their logits are averaged. The calibration
+map is then fitted on the set-aside rows as scored by the whole averaged ensemble: exactly the score it
+is later applied to. (Fitting it on one member's held-out logit instead, as an earlier version did,
+mis-scales it: the average of several members is less spread out than any one of them.) Options: a piecewise-linear
 numeric encoding (`ple`) and random feature subspaces per member (`feature_fraction`); neither
 helped on German credit, so both are off by default.
 """
@@ -54,6 +54,11 @@ class NetConfig(BaseModel):
     seeds_per_fold: int = Field(1, ge=1, description="members per inner fold (different seeds), averaged")
     n_bins: int = Field(5, ge=2, description="quantile bins per numeric feature in the linear part")
     calibration: Literal["platt", "temperature", "isotonic", "none"] = "platt"
+    calibration_fraction: float = Field(
+        0.2, gt=0, le=0.5,
+        description="share of the training rows set aside (stratified) to fit the calibration map on the "
+                    "averaged ensemble's logits; the members never train or early-stop on them",
+    )
     ple: bool = Field(False, description="also feed a piecewise-linear numeric encoding to both parts")
     feature_fraction: float = Field(1.0, gt=0, le=1, description="share of features each member sees (random subspace)")
     select_from: list[dict] = Field(
@@ -65,7 +70,7 @@ class NetConfig(BaseModel):
     @field_validator("select_from")
     @classmethod
     def _candidates_valid(cls, v: list[dict]) -> list[dict]:
-        fixed = {"select_from", "members", "n_bins", "calibration"}  # shared by all candidates
+        fixed = {"select_from", "members", "n_bins", "calibration", "calibration_fraction"}  # shared by all candidates
         for i, over in enumerate(v):
             bad = sorted(set(over) & fixed)
             if bad:
@@ -260,28 +265,34 @@ class CreditModel:
         return members, held
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, callbacks: list | None = None) -> CreditModel:
-        """Fit encoder, ensemble members (inner folds) and the calibration map on held-out logits.
+        """Fit encoder, ensemble members (inner folds) and the calibration map on set-aside rows.
 
-        With `select_from`, each candidate setting trains its own members on the same inner folds and the
-        one whose cross-fitted held-out logits rank best (AUC) is kept (`self.selection` lists them all).
+        The members train on the rows outside a stratified calibration split; the map is fitted on that
+        split as scored by the averaged ensemble. With `select_from`, each candidate setting trains its own
+        members on the same inner folds and the one whose cross-fitted held-out logits rank best (AUC) is
+        kept (`self.selection` lists them all); the calibration rows play no part in the choice.
         """
         y = np.asarray(y, dtype=np.float64)
         if len(np.unique(y)) < 2:
             raise ValueError("training labels hold one class only; need defaults and non-defaults")
         self.encoder = FeatureEncoder(n_bins=self.net_cfg.n_bins).fit(X)
         enc = self.encoder.transform(X)
-        splits = self._inner_splits(y)
+        fit_idx, cal_idx = train_test_split(np.arange(len(y)), test_size=self.net_cfg.calibration_fraction,
+                                            stratify=y, random_state=self.seed + 7919)
+        enc_fit, y_fit = _subset(enc, fit_idx), y[fit_idx]
+        splits = self._inner_splits(y_fit)
         self.selection, best = [], None
         for cfg in self.net_cfg.candidates():
-            members, held = self._fit_members(cfg, enc, y, splits, callbacks)
+            members, held = self._fit_members(cfg, enc_fit, y_fit, splits, callbacks)
             mask = ~np.isnan(held)
-            inner_auc = float(roc_auc_score(y[mask], held[mask]))
+            inner_auc = float(roc_auc_score(y_fit[mask], held[mask]))
             self.selection.append({"inner_auc": inner_auc, **cfg.model_dump(include=_overridden(self.net_cfg))})
             if best is None or inner_auc > best[0]:
-                best = (inner_auc, cfg, members, held)
-        _, self.chosen, self.members, held = best
-        mask = ~np.isnan(held)
-        self.calibrator = make_calibrator(self.net_cfg.calibration).fit(held[mask], y[mask])
+                best = (inner_auc, cfg, members)
+        _, self.chosen, self.members = best
+        self.calibrator = make_calibrator(self.net_cfg.calibration).fit(
+            self._ensemble_logit(_subset(enc, cal_idx)), y[cal_idx])
+        self.calibration_rows = len(cal_idx)
         self.feature_columns = list(X.columns)
         # for PSI later; the score's PSI is taken on the PD (the same bins: the points scale is monotone in it)
         self.profile = PopulationProfile().fit(X, self.predict_pd(X))
@@ -305,7 +316,9 @@ class CreditModel:
         """Mean of the members' logits (before calibration)."""
         if not self.members:
             raise RuntimeError("the model is not fitted; call fit first")
-        enc = self.encoder.transform(X)
+        return self._ensemble_logit(self.encoder.transform(X))
+
+    def _ensemble_logit(self, enc: Encoded) -> np.ndarray:
         return np.mean([self._member_logit(m, enc) for m in self.members], axis=0)
 
     def predict_logit(self, X: pd.DataFrame) -> np.ndarray:

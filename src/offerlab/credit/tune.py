@@ -2,7 +2,9 @@
 
 The value is the cross-fitted AUC of the ensemble's inner folds on the training rows (`val_auc`), so the
 held-out split the run reports (`eval_auc`, the registry's primary metric) plays no part in the search.
-Applications are loaded once per data block and reused by every trial.
+Every trial (and so the best YAML) has `net.select_from: []`: the model's own inner selection among fixed
+candidates would otherwise replace the very settings the trial is tuning. Applications are loaded once per
+data block and reused by every trial.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ METRIC = ("val_auc", "maximize")
 PRUNE_ON = "val_loss"
 
 
+def _without_selection(cfg: dict) -> dict:
+    return {**cfg, "net": {**cfg.get("net", {}), "select_from": []}}
+
+
 def base_config(path: str) -> dict:
-    return load_config(path).model_dump(mode="json")
+    return _without_selection(load_config(path).model_dump(mode="json"))
 
 
 @lru_cache(maxsize=2)
@@ -31,7 +37,7 @@ def _data(data_json: str) -> BenchData:
 
 def objective(cfg: dict, callbacks: list) -> tuple[float, str]:
     try:
-        config = CreditConfig.model_validate(cfg)
+        config = CreditConfig.model_validate(_without_selection(cfg))
     except ValidationError as e:
         raise ValueError(f"credit trial config is invalid: {e}") from None
     out = train(config, progress=False, callbacks=callbacks, data=_data(json.dumps(cfg["data"], sort_keys=True)))

@@ -30,6 +30,9 @@ class DataConfig(BaseModel):
     synth_seed: int = 0
     test_size: float = Field(0.3, gt=0, lt=1)
     split_seed: int = 0
+    validation_size: float | None = Field(
+        None, gt=0, lt=1, description="share of the training rows held out for `val_qini` (what tuning selects on;"
+        " the test split stays untouched for evaluation and promotion)")
 
     @property
     def metric_outcome(self) -> str:

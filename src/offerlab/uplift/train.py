@@ -96,9 +96,26 @@ def fit_and_evaluate(cfg: UpliftConfig, callbacks: list | None = None):
     tr, te = stratified_split(data, cfg.data.test_size, cfg.data.split_seed, cfg.data.metric_outcome)
     train, test = data.subset(tr), data.subset(te)
     t_test = None if truth is None else truth.iloc[te].reset_index(drop=True)
+    val = None
+    if cfg.data.validation_size:
+        fit_idx, val_idx = stratified_split(train, cfg.data.validation_size, cfg.data.split_seed + 1,
+                                            cfg.data.metric_outcome)
+        train, val = train.subset(fit_idx), train.subset(val_idx)
     model = UpliftModel(cfg.net, cfg.trainer, seed=cfg.seed).fit(train, callbacks=callbacks)
     scores = score_split(model, train, test, cfg.policy, cfg.data.metric_outcome, t_test, meta, cfg.budget_shares)
+    if val is not None:
+        scores["val_qini"] = validation_qini(model, val, cfg.data.metric_outcome)
     return model, train, test, t_test, scores
+
+
+def validation_qini(model, val, metric_outcome: str) -> float:
+    """Mean Qini over levels on validation rows carved from the training split (never the test split)."""
+    from offerlab.uplift.metrics import per_treatment_metrics
+
+    pred = model.predict_levels(val.features)[metric_outcome]
+    uplift = pd.DataFrame(pred[:, 1:] - pred[:, :1], columns=val.levels[1:])
+    qini = per_treatment_metrics(uplift, val.treatment_names, val.outcome(metric_outcome), val.control)["qini"]
+    return float(np.mean(list(qini.values())))
 
 
 def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, out_dir: Path | None = None,
@@ -117,6 +134,8 @@ def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, 
     metrics["eval_qini"] = float(np.mean(list(scores["qini"].values())))
     metrics.update({f"eval_auuc_{lv}": v for lv, v in scores["auuc"].items()})
     metrics.update({f"eval_uplift_at_30_{lv}": v for lv, v in scores["uplift_at_30"].items()})
+    if "val_qini" in scores:
+        metrics["val_qini"] = scores["val_qini"]
     for key in ("policy_value", "policy_value_dr", "best_single_value", "policy_minus_best_single", "share_treated"):
         if scores.get(key) is not None:
             metrics[f"eval_{key}"] = scores[key]

@@ -1,7 +1,8 @@
 """Uplift's tuning objective (`offerlab tune uplift`): one ordinary training run per trial.
 
-The value is the run's `eval_qini` (mean over treatment levels, on the test split), the registry's
-primary metric. The Qini needs a fitted ensemble, so pruning watches each epoch's validation conversion
+The value is the run's `val_qini`: the mean Qini over treatment levels on a validation share of the training
+rows (`data.validation_size`, 0.2 unless the config sets one), so the test split that `offerlab promote`
+compares on (`eval_qini`) never steers the search. The Qini needs a fitted ensemble, so pruning watches each epoch's validation conversion
 loss: the total validation loss carries `propensity_weight` x the propensity loss, so it would rank trials
 by a searched weight rather than by fit.
 """
@@ -12,7 +13,8 @@ from offerlab.config import deep_merge
 from offerlab.uplift.config import load_config
 from offerlab.uplift.train import train_from_config
 
-METRIC = ("eval_qini", "maximize")
+METRIC = ("val_qini", "maximize")
+VALIDATION_SIZE = 0.2
 PRUNE_ON = "val_conv_loss"
 
 
@@ -21,6 +23,9 @@ def base_config(path: str) -> dict:
 
 
 def objective(cfg: dict, callbacks: list) -> tuple[float, str]:
-    config = load_config(None, deep_merge(cfg, {"trainer": {"enable_progress_bar": False}}))
+    overrides = {"trainer": {"enable_progress_bar": False}}
+    if not (cfg.get("data") or {}).get("validation_size"):
+        overrides["data"] = {"validation_size": VALIDATION_SIZE}
+    config = load_config(None, deep_merge(cfg, overrides))
     out = train_from_config(config, callbacks=callbacks)
-    return out["metrics"]["eval_qini"], out["run_id"]
+    return out["metrics"]["val_qini"], out["run_id"]
