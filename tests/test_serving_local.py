@@ -86,3 +86,7 @@ def test_local_bad_request_fails_alone_naming_the_field(local, serving_models): 
     out = asyncio.run(together())
     assert out[0].credit is not None and out[2].customer_id == "c-test"
     assert isinstance(out[1], ValidationError) and "category" in str(out[1])
+
+
+def test_empty_batch_is_an_empty_answer(local):
+    assert asyncio.run(local.offers_batch([])) == []

@@ -116,6 +116,7 @@ class Coalescer:
         self.max_queue = max_queue if max_queue is not None else int(os.environ.get("OFFERLAB_MAX_QUEUE", 512))
         self.pending: list[tuple[object, asyncio.Future]] = []
         self.running = False
+        self._task: asyncio.Task | None = None
 
     async def submit(self, item):
         if len(self.pending) >= self.max_queue:
@@ -125,7 +126,7 @@ class Coalescer:
         self.pending.append((item, fut))
         if not self.running:
             self.running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())  # held: the loop keeps weak refs
         return await fut
 
     async def _drain(self) -> None:

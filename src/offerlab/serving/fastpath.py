@@ -56,9 +56,12 @@ class HistoryArrays:
         )
 
     def frame(self) -> pd.DataFrame:
-        """The library's `transactions` table of this batch (customer_id, timestamp, amount, category)."""
+        """The library's `transactions` table of this batch (customer_id, timestamp, amount, category).
+
+        Ids are categorical: the library then takes their codes as they are (no hashing pass over the rows).
+        """
         return pd.DataFrame({
-            "customer_id": np.asarray(self.ids, dtype=object)[self.codes],
+            "customer_id": pd.Categorical.from_codes(self.codes, categories=self.ids),
             "timestamp": self.ts.view("datetime64[ns]"),
             "amount": self.amount,
             "category": pd.Series(self.category, dtype=object),
