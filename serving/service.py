@@ -28,7 +28,7 @@ try:
 except ImportError:  # inside a built Bento: the package travels as src/ beside this folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from offerlab.serving.app import ApiKeyMiddleware, Coalescer, Overloaded, OverloadMiddleware
+from offerlab.serving.app import ApiKeyMiddleware, Coalescer, JsonBodyMiddleware, Overloaded, OverloadMiddleware
 from offerlab.serving.contracts import (
     CreditAnswer,
     CreditRequest,
@@ -250,5 +250,6 @@ class OffersLocal:
 
 
 for _svc in (Timing, Discount, Credit, Offers, OffersLocal):
-    _svc.add_asgi_middleware(OverloadMiddleware)
+    _svc.add_asgi_middleware(OverloadMiddleware)  # the first added is the outermost (Starlette order)
     _svc.add_asgi_middleware(ApiKeyMiddleware)
+    _svc.add_asgi_middleware(JsonBodyMiddleware)

@@ -10,8 +10,6 @@ from offerlab.serving.loadtest import bento_server
 from serving_models import serving_models  # noqa: F401
 
 EXAMPLES = 8  # per operation and generation mode: bounded so the test stays well under 90 s on 2 busy cores
-# reported to the serving owner: /offers_batch answers 500 to an empty list and to a body that is not JSON
-KNOWN_BUGS = ("POST /offers_batch body=[]", "POST /offers_batch body=b'")
 # a generous batcher deadline: here we look for crashes, not for load shedding (the load test measures that)
 SERVER_ENV = {"OFFERLAB_MAX_LATENCY_MS": "60000", "OFFERLAB_TIMING_SAMPLES": "8"}
 
@@ -32,10 +30,7 @@ def test_no_5xx_on_generated_requests(serving_models):  # noqa: F811
             for mode in schemathesis.GenerationMode:
                 _fuzz(op, mode, url, problems, calls)
     assert calls["n"] >= len(operations)
-    unknown = [p for p in problems if not p.startswith(KNOWN_BUGS)]
-    assert unknown == [], "\n".join(unknown[:10])
-    if problems:  # remove once the service answers these with 4xx
-        pytest.xfail(f"known bugs: {KNOWN_BUGS} -> 500 ({len(problems)} generated cases): {problems[0][:120]}")
+    assert problems == [], "\n".join(problems[:10])
 
 
 def _fuzz(op, mode, url: str, problems: list[str], calls: dict) -> None:

@@ -65,6 +65,9 @@ def test_bentoml_serve_offers_over_http(serving_models, tmp_path, service):  # n
         unknown = {**body, "history": [{**body["history"][0], "category": "no-such-category"}]}
         r = httpx.post(f"{url}/offers", json=unknown, headers=key, timeout=30)
         assert r.status_code == 400 and "category" in r.text, r.text
+        r = httpx.post(f"{url}/offers_batch", content=b"\x00", headers={**key, "content-type": "application/json"},
+                       timeout=30)
+        assert r.status_code == 400 and "not valid JSON" in r.text, r.text
         docs = httpx.get(f"{url}/docs.json", timeout=10).json()
         assert "/offers" in docs["paths"] and "example" in docs["components"]["schemas"]["OffersRequest"]
         log.flush()
