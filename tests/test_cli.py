@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from offerlab.cli import main
@@ -29,3 +32,20 @@ def test_data_load_bad_input_is_one_clear_line(tmp_path):
 def test_unknown_dataset_refused():
     r = CliRunner().invoke(main, ["data", "load", "nosuch"])
     assert r.exit_code == 2 and "unknown dataset 'nosuch'" in r.output
+
+
+@pytest.mark.slow
+def test_main_job_trains_scores_and_leaves_champions_to_serve(tmp_path, mlflow_store):
+    """The README's `offerlab run`: synthetic data -> three models -> MLflow -> scored files + champions."""
+    import json
+
+    from offerlab.registry import list_models
+
+    r = CliRunner().invoke(main, ["run", "--customers", "400", "--workdir", str(tmp_path / "main")])
+    assert r.exit_code == 0, r.output
+    out, _ = json.JSONDecoder().raw_decode(r.output[r.output.index('{\n "tracking_uri"'):])
+    for family in ("timing", "uplift", "credit"):
+        assert "first champion" in out[family]["registry"], out[family]
+        assert Path(out[family]["output"]).is_file()
+    champions = {m["model"] for m in list_models() if "champion" in m["aliases"]}
+    assert champions == {"offerlab-timing", "offerlab-uplift", "offerlab-credit"}
