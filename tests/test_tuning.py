@@ -45,6 +45,7 @@ def test_study_nested_runs_best_config_and_resume(tmp_path, mlflow_store):
     assert len(children) == 5  # every trial is a nested run
     study = optuna.load_study(study_name="toy", storage=storage)
     assert len(study.trials) == 5
+    assert study.trials[0].params == {"model.hidden": 8, "model.lr": 0.01}  # trial 0 = the base config, to beat
 
 
 @pytest.mark.slow

@@ -96,6 +96,18 @@ def set_dotted(config: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def base_params(config: dict, space: SearchSpace) -> dict[str, Any]:
+    """The base config's own values of the searched parameters (those it sets), to enqueue as trial 0."""
+    out: dict[str, Any] = {}
+    for dotted in space.params:
+        node: Any = config
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            out[dotted] = node
+    return out
+
+
 def apply_params(config: dict, params: dict[str, Any]) -> dict:
     out = copy.deepcopy(config)
     for k, v in params.items():
@@ -227,6 +239,8 @@ def run_study(
         sampler=_sampler(space.sampler), pruner=_pruner(space.pruner), load_if_exists=True,
     )
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    if not study.get_trials(deepcopy=False):  # a new study: trial 0 is the base config, the value to beat
+        study.enqueue_trial(base_params(base_config, space), skip_if_exists=True)
 
     parent_id = _parent_run(family, study_name, space, base_config)
     study.set_user_attr("mlflow_parent_run_id", parent_id)

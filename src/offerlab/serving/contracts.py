@@ -191,7 +191,7 @@ class TimingAnswer(BaseModel):
     p_buy_7d: float = Field(description="P(a purchase within 7 days of as_of)")
     p_buy_30d: float
     p_buy_90d: float
-    expected_purchases_90d: float = Field(description="expected purchases in the next 90 days (Monte Carlo)")
+    expected_purchases_90d: float = Field(description="expected purchases in the next 90 days (the model's count head; Monte Carlo if it has none)")
     next_date_median: dt.date | None = Field(description="median date of the next purchase (null: maybe never)")
     next_date_q10: dt.date | None
     next_date_q90: dt.date | None
