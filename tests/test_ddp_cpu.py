@@ -14,6 +14,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "credit"
 
 @pytest.mark.slow
 def test_credit_trains_with_two_ddp_processes_from_config_alone(tmp_path, mlflow_store):
+    mlflow.set_tracking_uri(mlflow_store)  # an earlier test may have set another store in this process
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(f"base: {CONFIGS / 'german.yaml'}\n"
                    "net: {members: 1, hidden: [4], patience: 2, batch_size: 64}\n"
