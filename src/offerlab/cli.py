@@ -16,8 +16,8 @@ import click
 
 from offerlab.data.loaders import DataFileMissing, load_dataset
 from offerlab.data.schema import DataValidationError
+from offerlab.registry import FAMILIES
 
-FAMILIES = ("timing", "uplift", "credit")
 log = logging.getLogger("offerlab")
 
 

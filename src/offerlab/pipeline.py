@@ -9,8 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from offerlab.registry import FAMILIES
+
 log = logging.getLogger(__name__)
-FAMILIES = ("timing", "uplift", "credit")
 
 
 def synth_safely(n_customers: int, seed: int, out_dir: Path, *, overwrite: bool = False) -> dict[str, Path]:

@@ -21,12 +21,18 @@ PRIMARY_METRIC: dict[str, tuple[str, str]] = {
     "uplift": ("eval_qini", "maximize"),
     "credit": ("eval_auc", "maximize"),
 }
+FAMILIES = tuple(PRIMARY_METRIC)  # the model families, in pipeline order
 
 
 def model_name(family: str) -> str:
     if family not in PRIMARY_METRIC:
         raise ValueError(f"unknown family {family!r}; expected one of {sorted(PRIMARY_METRIC)}")
     return f"offerlab-{family}"
+
+
+def alias_uri(family: str, alias: str = CHAMPION) -> str:
+    """The MLflow URI of the version that holds `alias` in the family's registered model."""
+    return f"models:/{model_name(family)}@{alias}"
 
 
 @dataclass

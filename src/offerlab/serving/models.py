@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from offerlab.registry import CHAMPION, model_name
+from offerlab.registry import CHAMPION, alias_uri
 from offerlab.serving.contracts import (
     CategoryProbability,
     CreditAnswer,
@@ -38,7 +38,6 @@ from offerlab.serving.contracts import (
 from offerlab.serving.fastpath import HistoryArrays, behaviour_features_fast, credit_logit, uplift_matrix
 
 log = logging.getLogger(__name__)
-FAMILIES = ("timing", "uplift", "credit")
 ALIAS_ENV = "OFFERLAB_MODEL_ALIAS"
 WINBACK_ENV = "OFFERLAB_WINBACK_THRESHOLD"  # P(no purchase in 90 d) above which a customer is overdue
 SAMPLES_ENV = "OFFERLAB_TIMING_SAMPLES"  # Monte Carlo paths per customer for expected purchases
@@ -55,7 +54,7 @@ def model_uri(family: str) -> str:
     explicit = os.environ.get(model_env(family))
     if explicit:
         return explicit
-    return f"models:/{model_name(family)}@{os.environ.get(ALIAS_ENV, CHAMPION)}"
+    return alias_uri(family, os.environ.get(ALIAS_ENV, CHAMPION))
 
 
 def _version_of(uri: str) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from offerlab.data.schema import DataValidationError
-from offerlab.registry import CHAMPION, model_name
+from offerlab.registry import CHAMPION, alias_uri
 
 log = logging.getLogger(__name__)
 # command family -> registered model family
@@ -79,7 +79,7 @@ def read_table(path: str | Path, table: str, required: tuple[str, ...], optional
 
 def resolve_uri(family: str, model_uri: str | None = None, alias: str = CHAMPION) -> str:
     """An explicit MLflow URI, else the registry alias of the family's registered model."""
-    return model_uri or f"models:/{model_name(MODEL_FAMILY[family])}@{alias}"
+    return model_uri or alias_uri(MODEL_FAMILY[family], alias)
 
 
 def load_model(family: str, model_uri: str | None = None, alias: str = CHAMPION):
