@@ -203,3 +203,27 @@ def test_unseen_category_and_no_category_column(tx):
     assert f.loc["b", "n_categories"] == 1
     g = behaviour_features(tx.drop(columns="category"), AS_OF)
     assert not any(c.startswith("cat_share_") for c in g.columns) and (g.n_categories == 0).all()
+
+
+def test_segment_cumsum_grid_and_grouped_paths_agree():
+    """The serving-size grid path and the grouped path give the same per-customer running sums."""
+    from offerlab.data.features import _segment_cumsum
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 60, size=200)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    code = np.repeat(np.arange(200), counts)
+    x = rng.gamma(2.0, 30.0, size=(len(code), 2))
+    grid = _segment_cumsum(x, code, offsets, counts)  # 200 x 59 cells <= 4 x events: the grid path
+    want = [np.concatenate([np.cumsum(x[a:b, j]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
+            for j in range(2)]
+    for j in range(2):
+        np.testing.assert_array_equal(grid[j], want[j])
+    skewed = counts.copy()
+    skewed[0] = 5000  # one very long history: the grid would be mostly padding, so the grouped path runs
+    off2 = np.concatenate([[0], np.cumsum(skewed)])
+    code2 = np.repeat(np.arange(200), skewed)
+    x2 = rng.gamma(2.0, 30.0, size=(len(code2), 2))
+    grouped = _segment_cumsum(x2, code2, off2, skewed)
+    np.testing.assert_allclose(grouped[0][:5000], np.cumsum(x2[:5000, 0]), rtol=1e-13)
+    np.testing.assert_allclose(grouped[1][5000:5000 + skewed[1]], np.cumsum(x2[5000:5000 + skewed[1], 1]), rtol=1e-13)

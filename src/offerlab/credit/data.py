@@ -72,10 +72,21 @@ def history_shape_statistics(applications: pd.DataFrame, transactions: pd.DataFr
     (small = regular buyer). NaN where undefined (no purchase, fewer than two gaps for the shape).
     Vectorised: one sort of the events, cumulative sums, two searchsorted look-ups per application.
     """
-    from offerlab.data.sequences import EventIndex, event_columns, factorize_ids, timestamps_ns
+    from offerlab.data.sequences import event_columns, factorize_ids, timestamps_ns
 
     ids, ts, amount, _ = event_columns(transactions)
     codes, uniques = factorize_ids(ids)
+    app_code = pd.Index(uniques).get_indexer(applications["customer_id"].astype(str).to_numpy())
+    when = timestamps_ns(applications["applied_at"], "applications", "applied_at")
+    return pd.DataFrame(shape_arrays(codes, ts, amount, app_code, when), index=applications.index)
+
+
+def shape_arrays(codes: np.ndarray, ts: np.ndarray, amount: np.ndarray, app_code: np.ndarray,
+                 when: np.ndarray) -> dict[str, np.ndarray]:
+    """`history_shape_statistics` on arrays: event customer codes, int64-ns times and amounts; per
+    application its customer's code (-1 = no events) and instant (int64 ns). Keys carry the `beh_` prefix."""
+    from offerlab.data.sequences import EventIndex
+
     index = EventIndex(codes, ts)
     o = index.order
     c, t, logamt = codes[o], ts[o], np.log(np.maximum(amount[o], 1e-2))
@@ -89,10 +100,8 @@ def history_shape_statistics(applications: pd.DataFrame, transactions: pd.DataFr
         return np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
 
     cums = [csum(x) for x in (np.ones(len(c)), logamt, logamt**2, pos_gap, gap * pos_gap, loggap)]
-    app_code = pd.Index(uniques).get_indexer(applications["customer_id"].astype(str).to_numpy())
     known = app_code >= 0
     code = np.where(known, app_code, 0)
-    when = timestamps_ns(applications["applied_at"], "applications", "applied_at")
     end = np.where(known, index.position(code, when, inclusive=False), 0)
     first = np.where(known, index.position(code, np.full(len(code), np.iinfo(np.int64).min // 2)), 0)
     # the first visible event's gap points before the history: exclude it from the gap sums
@@ -104,10 +113,9 @@ def history_shape_statistics(applications: pd.DataFrame, transactions: pd.DataFr
         sd_log = np.where(n > 1, np.sqrt(np.maximum(s2 / n - mean_log**2, 0.0)), np.nan)
         mean_loggap = np.where(m > 0, slg / m, np.nan)
         shape_stat = np.where(m > 1, np.log(sg / m) - mean_loggap, np.nan)
-    out = pd.DataFrame({"log_amount_mean": mean_log, "log_amount_sd": sd_log, "log_gap_mean": mean_loggap,
-                        "gap_shape_stat": shape_stat, "n_gaps": m}, index=applications.index)
-    out.columns = [BEHAVIOUR_PREFIX + c for c in out.columns]
-    return out
+    out = {"log_amount_mean": mean_log, "log_amount_sd": sd_log, "log_gap_mean": mean_loggap,
+           "gap_shape_stat": shape_stat, "n_gaps": m}
+    return {BEHAVIOUR_PREFIX + k: v for k, v in out.items()}
 
 
 def _is_categorical(s: pd.Series) -> bool:

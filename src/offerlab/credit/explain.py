@@ -55,28 +55,40 @@ def occlusion_attributions(model, X: pd.DataFrame, groups: dict[str, list[str]])
 def group_statements(X: pd.DataFrame, groups: dict[str, list[str]], reference: dict,
                      labels: dict[str, str] | None = None) -> pd.DataFrame:
     """One statement per applicant and group, describing the applicant's value (no amounts)."""
+    return pd.DataFrame(statement_arrays(X, groups, reference, labels), index=X.index)
+
+
+def statement_arrays(columns, groups: dict[str, list[str]], reference: dict,
+                     labels: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """`group_statements` as object arrays; `columns` maps each group's first column to its values."""
     labels = labels or {}
     out = {}
     for name, cols in groups.items():
         c = cols[0]
         label = labels.get(name, labels.get(c, default_label(name)))
-        s = X[c]
-        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-            x = s.to_numpy(dtype=float)
+        v = np.asarray(columns[c])
+        if v.dtype.kind in "iuf":
+            x = v.astype(float)
             ref = float(reference.get(c, np.nanmedian(x)))
             word = np.where(np.isnan(x), "unknown", np.where(x > ref, "high", np.where(x < ref, "low", "typical")))
-            out[name] = label + ": " + pd.Series(word, index=X.index)
         else:
-            out[name] = label + ": " + s.astype("string").fillna("missing")
-    return pd.DataFrame(out, index=X.index)
+            word = np.where(pd.isna(v), "missing", v.astype(str))
+        out[name] = (label + ": ") + word.astype(object)
+    return out
 
 
 def top_reasons(attributions: pd.DataFrame, statements: pd.DataFrame, k: int = MAX_REASONS,
                 min_effect: float = 0.02) -> pd.DataFrame:
     """Columns reason_1..reason_k (and their log-odds effects): the largest risk-raising contributions."""
-    k = min(k, MAX_REASONS)
-    a = attributions.to_numpy(dtype=float)
     st = statements[attributions.columns].to_numpy(dtype=object)
+    out = top_reason_arrays(attributions.to_numpy(dtype=float), st, k, min_effect)
+    return pd.DataFrame(out, index=attributions.index)
+
+
+def top_reason_arrays(a: np.ndarray, st: np.ndarray, k: int = MAX_REASONS, min_effect: float = 0.02,
+                      ) -> dict[str, np.ndarray]:
+    """`top_reasons` on (rows, groups) arrays of attributions and statements."""
+    k = min(k, MAX_REASONS)
     order = np.argsort(-a, axis=1, kind="stable")[:, :k]
     rows = np.arange(len(a))[:, None]
     top_a, top_s = a[rows, order], st[rows, order]
@@ -85,7 +97,7 @@ def top_reasons(attributions: pd.DataFrame, statements: pd.DataFrame, k: int = M
     for j in range(order.shape[1]):
         out[f"reason_{j + 1}"] = np.where(keep[:, j], top_s[:, j], "")
         out[f"reason_{j + 1}_effect"] = np.where(keep[:, j], np.round(top_a[:, j], 4), 0.0)
-    return pd.DataFrame(out, index=attributions.index)
+    return out
 
 
 def explain(model, X: pd.DataFrame, *, groups: dict[str, list[str]] | None = None,

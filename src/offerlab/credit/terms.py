@@ -76,9 +76,16 @@ def annuity_factor(annual_rate: np.ndarray, months: np.ndarray) -> np.ndarray:
 
 def credit_terms(pd_: np.ndarray, policy: TermsPolicy, applications: pd.DataFrame | None = None) -> pd.DataFrame:
     """Decision, limit, rate, term options and insurance per applicant (index follows `applications`)."""
+    index = applications.index if applications is not None else pd.RangeIndex(len(np.atleast_1d(pd_)))
+    out = terms_arrays(pd_, policy, _column(applications, policy.income_column),
+                       _column(applications, policy.amount_column))
+    return pd.DataFrame(out, index=index)
+
+
+def terms_arrays(pd_: np.ndarray, policy: TermsPolicy, income: np.ndarray | None = None,
+                 requested: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`credit_terms` as a dict of arrays (annual `income` and `requested` amount may be None or NaN)."""
     p = np.asarray(pd_, dtype=float)
-    n = len(p)
-    index = applications.index if applications is not None else pd.RangeIndex(n)
     uncapped = policy.cost_of_funds + p * policy.lgd + policy.operating_cost + policy.margin
     rate = np.minimum(uncapped, policy.max_rate)
 
@@ -89,7 +96,6 @@ def credit_terms(pd_: np.ndarray, policy: TermsPolicy, applications: pd.DataFram
 
     el_cap = policy.el_budget / np.maximum(p * policy.lgd, 1e-12)
     cap = np.minimum(el_cap, policy.max_limit)
-    income = _column(applications, policy.income_column)
     if income is not None:
         afford = policy.affordability_share * income / 12.0 * annuity_factor(rate, longest)
         cap = np.minimum(cap, np.where(np.isfinite(afford), afford, np.inf))
@@ -100,23 +106,19 @@ def credit_terms(pd_: np.ndarray, policy: TermsPolicy, applications: pd.DataFram
     approve = ~over_cutoff & ~too_small
     reason = np.where(over_cutoff, "PD above cut-off", np.where(too_small, "limit below minimum", ""))
     limit = np.where(approve, limit, 0.0)
-    requested = _column(applications, policy.amount_column)
     ins = policy.insurance
     options = np.array([",".join(map(str, t)) for t in rule_terms] + [""], dtype=object)  # per rule; last: none
     insured = approve & (limit >= ins.min_limit) & (p <= ins.max_pd)
-    out = pd.DataFrame(
-        {
-            "decision": np.where(approve, "approve", "decline"),
-            "decline_reason": reason,
-            "limit": limit,
-            "annual_rate": np.where(approve, rate, np.nan),
-            "rate_capped": approve & (uncapped > policy.max_rate),
-            "term_options": options[np.where(approve, rule, len(rule_terms))],
-            "insurance_offered": insured,
-            "insurance_monthly_premium": np.where(insured, np.round(ins.monthly_premium_rate * limit, 2), 0.0),
-        },
-        index=index,
-    )
+    out = {
+        "decision": np.where(approve, "approve", "decline"),
+        "decline_reason": reason,
+        "limit": limit,
+        "annual_rate": np.where(approve, rate, np.nan),
+        "rate_capped": approve & (uncapped > policy.max_rate),
+        "term_options": options[np.where(approve, rule, len(rule_terms))],
+        "insurance_offered": insured,
+        "insurance_monthly_premium": np.where(insured, np.round(ins.monthly_premium_rate * limit, 2), 0.0),
+    }
     if requested is not None:
         out["covers_request"] = approve & (requested <= limit)
     return out

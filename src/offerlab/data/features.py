@@ -60,6 +60,26 @@ def _cumsum0(x: np.ndarray, dtype: type = np.int64) -> np.ndarray:
     return out
 
 
+def _segment_cumsum(x: np.ndarray, code_s: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """Per-customer running sums of each column of `x` (events sorted by customer), restarting per customer.
+
+    Float64 sums within each customer only, so a value never depends on other customers. Few customers
+    (a serving batch): one `np.cumsum` over a (customers, longest history) grid; else pandas' grouped
+    cumsum (compensated summation: the two agree to ~1e-14 relative, checked in tests/test_features.py).
+    """
+    n, n_cust = len(x), len(counts)
+    width = int(counts.max()) if n_cust else 0
+    if n_cust * width > 4 * n + 4096:
+        loc = pd.DataFrame(x).groupby(code_s, sort=False).cumsum()
+        return [loc[j].to_numpy() for j in range(x.shape[1])]
+    col = np.arange(n, dtype=np.int64) - offsets[code_s]
+    grid = np.zeros((n_cust, width, x.shape[1]))
+    grid[code_s, col] = x
+    np.cumsum(grid, axis=1, out=grid)
+    out = grid[code_s, col]
+    return [out[:, j] for j in range(x.shape[1])]
+
+
 def _window_name(w: float) -> str:
     return f"{w:g}d"
 
@@ -104,9 +124,8 @@ def _features_core(
     k_cust = np.zeros(n_cust)
     k_cust[counts > 0] = k0
     shifted = amt_s - k_cust[code_s]
-    loc = pd.DataFrame({"s": amt_s, "q": shifted * shifted}).groupby(code_s, sort=False).cumsum()
-    cum_amt, cum_sq = loc["s"].to_numpy(), loc["q"].to_numpy()
-    del loc, shifted
+    cum_amt, cum_sq = _segment_cumsum(np.stack([amt_s, shifted * shifted], 1), code_s, offsets, counts)
+    del shifted
 
     # anchor look-ups, in (customer, time) order: sorted queries make np.searchsorted cache-friendly
     perm = None

@@ -416,7 +416,30 @@ def build_sequences(
         cat, vocab = category_index(cat_all.iloc[rows], None, categories)
     else:
         cat, vocab = np.zeros(len(rows), dtype=np.int64), list(categories or [])
+    return sequences_from_arrays(codes, customer_ids, ts, amount, cat, vocab, as_of_ns, max_len=max_len,
+                                 same_day=same_day, origin=origin, absent_ids=absent_ids)
 
+
+def sequences_from_arrays(
+    codes: np.ndarray,
+    customer_ids: np.ndarray,
+    ts: np.ndarray,
+    amount: np.ndarray,
+    cat: np.ndarray,
+    vocab: list[str],
+    as_of_ns: int,
+    *,
+    max_len: int | None = None,
+    same_day: str = "keep",
+    origin: object | None = None,
+    absent_ids: np.ndarray | None = None,
+) -> EventSequences:
+    """The numpy core of `build_sequences`, for events that are already visible and validated.
+
+    ``codes`` are dense customer codes into the sorted ``customer_ids`` (every customer has an event),
+    ``ts`` int64 ns, ``cat`` category indices (0 = unknown) into ``vocab``. The serving fast path
+    (`offerlab.serving.fastpath`) calls it straight from request arrays, skipping the frame plumbing.
+    """
     order = EventIndex(codes, ts).order
     codes, ts, amount, cat = codes[order], ts[order], amount[order], cat[order]
     n = len(ts)
@@ -467,6 +490,6 @@ def build_sequences(
         censored_gap_days=((as_of_ns - last) / DAY_NS).astype(np.float32),
         as_of=pd.Timestamp(as_of_ns),
         origin=pd.Timestamp(origin_ns),
-        categories=vocab,
-        absent_ids=absent_ids,
+        categories=list(vocab),
+        absent_ids=np.empty(0, dtype=object) if absent_ids is None else absent_ids,
     )

@@ -13,6 +13,7 @@ them against the library path on random histories).
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class HistoryArrays:
     amount: np.ndarray  # float64
     category: np.ndarray  # object: str or None
     as_of: np.ndarray  # int64 ns, one per request
-    ids: list[str]  # r000000, r000001, ...: the ids `offerlab.serving.models._transactions` gives
+    ids: list[str]  # r000000, r000001, ...: sorted, so batch positions are the library's dense customer codes
 
     @classmethod
     def of(cls, reqs: Sequence[CustomerHistory]) -> HistoryArrays:
@@ -68,6 +69,39 @@ class HistoryArrays:
         })
 
 
+_RECENT = threading.local()  # per thread: the last batch's arrays and features, for the next family's call
+
+
+def histories(reqs: Sequence[CustomerHistory]) -> HistoryArrays:
+    """`HistoryArrays.of(reqs)`, built once for the three families of one offers batch.
+
+    The parts of an offers request share its history list, so a batch whose histories (same list objects,
+    held here so their ids stay theirs) and `as_of` values are the last one's in this thread reuses its
+    arrays (and one "now" for requests without `as_of`).
+    """
+    key = tuple((id(r.history), r.as_of) for r in reqs)
+    last = getattr(_RECENT, "histories", None)
+    if last is not None and last[0] == key:
+        return last[2]
+    h = HistoryArrays.of(reqs)
+    _RECENT.histories = (key, [r.history for r in reqs], h)
+    _RECENT.features = {}
+    return h
+
+
+def behaviour_cached(h: HistoryArrays, windows: Sequence[float], categories: list[str] | None) -> dict[str, np.ndarray]:
+    """`behaviour_features_fast` (inclusive), computed once per batch and feature set (uplift and credit
+    often ask for the same). Callers get a fresh dict of the shared, read-only arrays."""
+    cache = getattr(_RECENT, "features", None)
+    last = getattr(_RECENT, "histories", None)
+    key = (tuple(windows), tuple(categories) if categories is not None else None)
+    if cache is None or last is None or last[2] is not h:
+        return behaviour_features_fast(h, windows, categories)
+    if key not in cache:
+        cache[key] = behaviour_features_fast(h, windows, categories)
+    return dict(cache[key])
+
+
 def category_codes(category: np.ndarray, visible: np.ndarray, categories: list[str] | None) -> tuple[np.ndarray, list]:
     """(0 = unknown/missing, 1..C) per event and the vocabulary, as `offerlab.data.sequences.category_index`."""
     if categories is None:
@@ -93,9 +127,16 @@ def behaviour_features_fast(h: HistoryArrays, windows: Sequence[float] = (30, 90
 
 
 # ------------------------------------------------------------------------------ encoders on numpy columns
+SMALL_BATCH = 256  # below this many values a dict look-up beats building a pandas index
+
+
 def _level_index(values: np.ndarray, levels: list[str] | pd.Index, missing: str | None) -> np.ndarray:
     """Position of each value's string in `levels` (-1 unseen); None/NaN -> `missing` (or unseen)."""
     values = np.asarray(values, dtype=object)
+    if len(values) <= SMALL_BATCH:
+        pos = {name: j for j, name in enumerate(levels)}
+        return np.fromiter((pos.get(missing if pd.isna(v) else str(v), -1) for v in values), dtype=np.int64,
+                           count=len(values))
     absent = pd.isna(values)
     names = values.astype(str).astype(object)
     names[absent] = missing

@@ -35,7 +35,7 @@ from offerlab.serving.contracts import (
     TimingRequest,
     field_error,
 )
-from offerlab.serving.fastpath import HistoryArrays, behaviour_features_fast, credit_logit, uplift_matrix
+from offerlab.serving.fastpath import behaviour_cached, credit_logit, histories, uplift_matrix
 
 log = logging.getLogger(__name__)
 ALIAS_ENV = "OFFERLAB_MODEL_ALIAS"
@@ -95,12 +95,6 @@ def load_python_model(uri: str):
     return pm, (_version_of(uri) or uri)
 
 
-def _transactions(reqs: list[CustomerHistory]) -> tuple[pd.DataFrame, list[str]]:
-    """One transactions table for a batch; customer ids are request positions (r000000...), sorted like the batch."""
-    h = HistoryArrays.of(reqs)
-    return h.frame(), h.ids
-
-
 def _check_categories(reqs: list[CustomerHistory], known: list[str], title: str) -> None:
     if not known:
         return
@@ -141,35 +135,25 @@ class TimingAdapter:
     def validate(self, reqs: list[CustomerHistory]) -> None:
         _check_categories(reqs, self.predictor.categories, "TimingRequest")
 
-    def expected_counts(self, state, horizon: float) -> np.ndarray:
-        """The count head's closed form when the model has one (no simulation), else `n_samples` Monte Carlo paths."""
-        p = self.predictor
-        if getattr(p, "count_head", None) is not None:
-            return p.expected_counts(state, horizon, self.n_samples, seed=0)
-        return p.simulate_counts(state, horizon, self.n_samples, seed=0)
-
     def predict(self, reqs: list[TimingRequest]) -> list[TimingAnswer]:
+        """One batch: histories -> GRU states -> every answer from one set of mixture parameters per member.
+
+        See `offerlab.serving.timing_fast` (the library's answers, with far fewer, larger operations).
+        """
         import torch
 
-        from offerlab.timing.data import as_of_days, build_examples
+        from offerlab.serving.timing_fast import MixtureAnswers, timing_state
 
         self.validate(reqs)
         t0 = time.perf_counter()
         p = self.predictor
-        tx, _ = _transactions(reqs)
         as_of = [r.answer_time() for r in reqs]
-        latest = max(as_of)
+        state = timing_state(p, histories(reqs))
+        mix = MixtureAnswers(p, state)
+        within = dict(zip((7.0, 30.0, 90.0), mix.cond_cdf(np.array([[7.0, 30.0, 90.0]])).T, strict=True))
+        qs = mix.quantiles((0.1, 0.5, 0.9))
+        counts = mix.expected_counts(90.0, self.n_samples)
         with torch.inference_mode():
-            seqs = p.sequences(tx, latest)
-            ex, _ = build_examples(seqs, latest, p.stats, use_calendar=p.use_calendar, age_inputs=p.age_inputs)
-            # the open gap of each customer at its own as-of instant (the batch was built at the latest one)
-            last = ex.offsets[1:] - 1
-            own = np.array([as_of_days(a) for a in as_of])
-            ex.target_gap[last] = np.maximum(own - ex.abs_day[last], 0.0).astype(np.float32)
-            state = p.encode_examples(ex, np.asarray(seqs.log_amount, dtype=np.float64))
-            within = {k: p.prob_within(state, k) for k in (7.0, 30.0, 90.0)}
-            qs = p.quantiles(state, (0.1, 0.5, 0.9), iters=24)  # 2^-24 of the log-time range: far below a day
-            counts = self.expected_counts(state, 90.0)
             probs = p.category_probs(state)
         ms = _ms(t0)
         out = []
@@ -196,15 +180,14 @@ def _behaviour(reqs: list[CustomerHistory], windows: tuple[float, ...], categori
 
     The library's numbers through the serving fast path (`offerlab.serving.fastpath`: no pandas plumbing).
     """
-    h = HistoryArrays.of(reqs)
-    bf = behaviour_features_fast(h, windows, categories, inclusive=True)
+    h = histories(reqs)
+    bf = behaviour_cached(h, windows, categories)
     if shape_stats:
-        from offerlab.credit.data import history_shape_statistics
+        from offerlab.credit.data import shape_arrays
 
         # the credit model saw purchases strictly before applied_at; an as-of instant includes its own purchases
-        apps = pd.DataFrame({"customer_id": h.ids, "applied_at": (h.as_of + 1000).view("datetime64[ns]")})
-        shape = history_shape_statistics(apps, h.frame())
-        bf.update({c.removeprefix("beh_"): shape[c].to_numpy() for c in shape.columns})
+        shape = shape_arrays(h.codes, h.ts, h.amount, np.arange(len(reqs)), h.as_of + 1000)
+        bf.update({c.removeprefix("beh_"): v for c, v in shape.items()})
     return bf
 
 
@@ -243,8 +226,7 @@ class UpliftAdapter:
         """The model's raw feature columns (history features + attributes) as numpy arrays, checked."""
         enc = self.model.encoder
         cols = enc.raw_columns
-        h = HistoryArrays.of(reqs)
-        X = behaviour_features_fast(h, _windows(cols), _categories(cols))
+        X = behaviour_cached(histories(reqs), _windows(cols), _categories(cols))
         for name in cols:
             if name in X:
                 continue
@@ -316,58 +298,67 @@ class CreditAdapter:
         pm, version = load_python_model(uri or model_uri("credit"))
         return cls(pm.model, version)
 
-    def applications(self, reqs: list[CreditRequest]) -> pd.DataFrame:
+    def applications(self, reqs: list[CreditRequest]) -> dict[str, np.ndarray]:
+        """The application fields the model and the terms read, as numpy columns, checked (4xx naming the field)."""
         enc = self.model.encoder
         rows = [r.application.fields() for r in reqs]
-        apps = pd.DataFrame(rows, index=pd.RangeIndex(len(reqs)))
+        apps: dict[str, np.ndarray] = {}
         for c in self.model.feature_columns:
             if c.startswith("beh_"):
                 continue
-            if c not in apps.columns or apps[c].isna().any():
-                i = int(np.flatnonzero(apps[c].isna())[0]) if c in apps.columns else 0
+            values = [row.get(c) for row in rows]
+            absent = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and np.isnan(v))]
+            if absent:
                 raise field_error("CreditRequest", ("application", c),
-                                  f"field required by the credit model (batch item {i})")
+                                  f"field required by the credit model (batch item {absent[0]})")
             if c in enc.categorical:
                 known = set(enc.vocab[c])
-                bad = ~apps[c].astype(str).isin(known)
-                if bad.any():
-                    v = apps[c][bad].iloc[0]
+                bad = [v for v in values if str(v) not in known]
+                if bad:
                     raise field_error("CreditRequest", ("application", c),
-                                      f"unknown value {v!r}; known: {sorted(known)}", v)
-            elif apps[c].dtype == object:
-                raise field_error("CreditRequest", ("application", c), "must be a number", apps[c].iloc[0])
+                                      f"unknown value {bad[0]!r}; known: {sorted(known)}", bad[0])
+                apps[c] = np.array(values, dtype=object)
+            else:
+                bad = [v for v in values if isinstance(v, str | bytes) or not isinstance(v, int | float)]
+                if bad:
+                    raise field_error("CreditRequest", ("application", c), "must be a number", bad[0])
+                apps[c] = np.array(values, dtype=np.float64)
+        terms = (self.model.decision or _default_decision()).terms
+        for c in (terms.income_column, terms.amount_column):  # what the limit rules read, NaN where not given
+            if c and c not in apps and any(c in row for row in rows):
+                apps[c] = np.array([_float_or_nan(row.get(c)) for row in rows], dtype=np.float64)
         return apps
 
-    def columns(self, reqs: list[CreditRequest], apps: pd.DataFrame) -> dict[str, np.ndarray]:
+    def columns(self, reqs: list[CreditRequest], apps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's feature columns (application fields, then `beh_*` history features) as numpy arrays."""
         cols = self.model.feature_columns
         beh = [c for c in cols if c.startswith("beh_")]
-        X = {c: apps[c].to_numpy(dtype=np.float64 if pd.api.types.is_numeric_dtype(apps[c]) else object)
-             for c in cols if c in apps.columns}
+        X = {c: apps[c] for c in cols if c in apps}
         if beh:
             b = _behaviour(reqs, _windows(beh, "beh_"), _categories(beh, "beh_"), shape_stats=True)
             X.update({"beh_" + c: np.asarray(v, dtype=np.float64) for c, v in b.items()})
         n = len(reqs)
         return {c: X[c] if c in X else np.full(n, np.nan) for c in cols}
 
-    def features(self, reqs: list[CreditRequest], apps: pd.DataFrame) -> pd.DataFrame:
+    def features(self, reqs: list[CreditRequest], apps: dict[str, np.ndarray]) -> pd.DataFrame:
         """The credit model's feature frame of a batch (what `CreditModel.predict_pd` takes)."""
         return pd.DataFrame(self.columns(reqs, apps))
 
-    def decide(self, apps: pd.DataFrame, X: dict[str, np.ndarray]) -> pd.DataFrame:
-        """`offerlab.credit.decision.decide` on feature columns, with the occlusion reasons in one model call
-        instead of one per feature group: the applicants and every occluded copy of them are scored as one
-        stacked batch (numpy columns, no frame: see `offerlab.serving.fastpath.credit_logit`)."""
-        from offerlab.credit.decision import DecisionConfig
-        from offerlab.credit.explain import group_statements, reason_groups, top_reasons
+    def decide(self, apps: dict[str, np.ndarray], X: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`offerlab.credit.decision.decide` on numpy columns (same numbers), as a dict of arrays.
+
+        The occlusion reasons take one model call instead of one per feature group: the applicants and
+        every occluded copy of them are scored as one stacked batch (see `offerlab.serving.fastpath.credit_logit`).
+        """
+        from offerlab.credit.explain import reason_groups, statement_arrays, top_reason_arrays
         from offerlab.credit.scorecard import pd_to_grade, pd_to_score
-        from offerlab.credit.terms import credit_terms
+        from offerlab.credit.terms import terms_arrays
 
         model = self.model
-        config = model.decision or DecisionConfig()
+        config = model.decision or _default_decision()
         r = config.reasons
         groups = reason_groups(list(model.encoder.categorical + model.encoder.numeric), r.groups)
-        n, names = len(apps), list(groups)
+        n, names = len(next(iter(X.values()))), list(groups)
         block = {c: g + 1 for g, cols in enumerate(groups.values()) for c in cols}  # column -> occluded block
         stacked = {}
         for c, values in X.items():  # a loop over feature columns, each one vectorised over all copies
@@ -377,36 +368,49 @@ class CreditAdapter:
             stacked[c] = col
         logit = credit_logit(model, stacked).reshape(len(names) + 1, n)  # = model.predict_logit, no frame
         pd_ = 1.0 / (1.0 + np.exp(-logit[0]))  # every calibrator's PD is the sigmoid of its calibrated logit
-        attr = pd.DataFrame((logit[0][None, :] - logit[1:]).T, columns=names)
-        out = pd.DataFrame({"pd": pd_, "score": np.round(pd_to_score(pd_, config.score), 1),
-                            "grade": pd_to_grade(pd_, config.grades)})
+        attr = (logit[0][None, :] - logit[1:]).T  # (applicants, groups)
         # statements only for the groups that can make anyone's top reasons (the rest are never shown)
         k = min(r.max_reasons, len(names))
-        top = np.unique(np.argsort(-attr.to_numpy(), axis=1, kind="stable")[:, :k])
+        top = np.unique(np.argsort(-attr, axis=1, kind="stable")[:, :k])
         shown = {names[g]: groups[names[g]] for g in top}
-        first = pd.DataFrame({cols[0]: X[cols[0]] for cols in shown.values()})  # what a statement describes
-        statements = group_statements(first, shown, model.encoder.reference, r.labels)
-        reasons = top_reasons(attr[list(shown)], statements, r.max_reasons, r.min_effect)
-        return pd.concat([out, reasons, credit_terms(pd_, config.terms, apps)], axis=1)
+        statements = statement_arrays(X, shown, model.encoder.reference, r.labels)
+        st = np.stack([statements[names[g]] for g in top], axis=1)
+        out = {"pd": pd_, "score": np.round(pd_to_score(pd_, config.score), 1),
+               "grade": pd_to_grade(pd_, config.grades)}
+        out.update(top_reason_arrays(attr[:, top], st, r.max_reasons, r.min_effect))
+        t = config.terms
+        out.update(terms_arrays(pd_, t, apps.get(t.income_column or ""), apps.get(t.amount_column or "")))
+        return out
 
     def predict(self, reqs: list[CreditRequest]) -> list[CreditAnswer]:
         apps = self.applications(reqs)
         t0 = time.perf_counter()
         out = self.decide(apps, self.columns(reqs, apps))
         ms = _ms(t0)
-        reason_cols = [c for c in out.columns if re.fullmatch(r"reason_\d", c)]
+        reasons = [out[c] for c in sorted(out) if re.fullmatch(r"reason_\d", c)]
+        covers = out.get("covers_request")
         answers = []
-        for i, r in enumerate(reqs):
-            row = out.iloc[i]
-            rate = float(row["annual_rate"])
+        for i, r in enumerate(reqs):  # assembling answers for a bounded batch
+            rate = float(out["annual_rate"][i])
             answers.append(CreditAnswer(
-                customer_id=r.customer_id, pd=float(row["pd"]), score=float(row["score"]), grade=str(row["grade"]),
-                decision=str(row["decision"]), decline_reason=str(row["decline_reason"]),
-                reasons=[str(row[c]) for c in reason_cols if row[c]][:4], limit=float(row["limit"]),
+                customer_id=r.customer_id, pd=float(out["pd"][i]), score=float(out["score"][i]),
+                grade=str(out["grade"][i]), decision=str(out["decision"][i]),
+                decline_reason=str(out["decline_reason"][i]),
+                reasons=[str(c[i]) for c in reasons if c[i]][:4], limit=float(out["limit"][i]),
                 annual_rate=rate if np.isfinite(rate) else None,
-                term_options=[int(t) for t in str(row["term_options"]).split(",") if t],
-                insurance_offered=bool(row["insurance_offered"]),
-                insurance_monthly_premium=float(row["insurance_monthly_premium"]),
-                covers_request=bool(row["covers_request"]) if "covers_request" in out.columns else None,
+                term_options=[int(t) for t in str(out["term_options"][i]).split(",") if t],
+                insurance_offered=bool(out["insurance_offered"][i]),
+                insurance_monthly_premium=float(out["insurance_monthly_premium"][i]),
+                covers_request=bool(covers[i]) if covers is not None else None,
                 model_version=self.version, model_ms=ms))
         return answers
+
+
+def _default_decision():
+    from offerlab.credit.decision import DecisionConfig
+
+    return DecisionConfig()
+
+
+def _float_or_nan(v: object) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else float("nan")
