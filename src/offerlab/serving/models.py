@@ -142,7 +142,7 @@ class TimingAdapter:
         """
         import torch
 
-        from offerlab.serving.timing_fast import MixtureAnswers, timing_state
+        from offerlab.serving.timing_fast import MixtureAnswers, count_horizons, timing_state
 
         self.validate(reqs)
         t0 = time.perf_counter()
@@ -150,7 +150,8 @@ class TimingAdapter:
         as_of = [r.answer_time() for r in reqs]
         state = timing_state(p, histories(reqs))
         mix = MixtureAnswers(p, state)
-        within = dict(zip((7.0, 30.0, 90.0), mix.cond_cdf(np.array([[7.0, 30.0, 90.0]])).T, strict=True))
+        mix.precompute((7.0, 30.0, 90.0, *count_horizons()))
+        within = {k: mix.prob_within(state, k) for k in (7.0, 30.0, 90.0)}
         qs = mix.quantiles((0.1, 0.5, 0.9))
         counts = mix.expected_counts(90.0, self.n_samples)
         with torch.inference_mode():

@@ -65,6 +65,13 @@ class MixtureAnswers:
                 self.params.append(tuple(x.double().numpy() for x in
                                          (d.log_w, d.mu, d.sigma, d.log_p_never, d.log_p_event)))
         self.log_s0 = [self._log_survival(j, self.elapsed) for j in range(len(self.params))]
+        self._within: dict[float, np.ndarray] = {}
+
+    def precompute(self, horizons: tuple[float, ...]) -> None:
+        """P(purchase within k days) for every k in `horizons` in one evaluation (later `prob_within` reads it)."""
+        ks = np.asarray(horizons, dtype=np.float64)
+        cdf = self.cond_cdf(np.broadcast_to(ks, (len(self.elapsed), len(ks))))
+        self._within.update({float(k): cdf[:, j] for j, k in enumerate(ks)})
 
     def _log_survival(self, j: int, t: np.ndarray) -> np.ndarray:
         """log P(no purchase within t days of the last one) of member j; t is (N,) or (N, ...)."""
@@ -81,7 +88,9 @@ class MixtureAnswers:
         return np.mean(parts, axis=0)
 
     def prob_within(self, state, k: float) -> np.ndarray:  # noqa: ARG002 - the predictor's signature
-        return self.cond_cdf(np.full((len(self.elapsed), 1), float(k)))[:, 0]
+        if float(k) not in self._within:
+            self.precompute((float(k),))
+        return self._within[float(k)]
 
     def prob_never(self, state) -> np.ndarray:  # noqa: ARG002 - the predictor's signature
         return np.mean([np.exp(p[3] - s0) for p, s0 in zip(self.params, self.log_s0, strict=True)], axis=0)
@@ -91,18 +100,20 @@ class MixtureAnswers:
         from offerlab.timing.distributions import LOG_T_MAX, LOG_T_MIN
 
         n, q = len(self.elapsed), np.asarray(qs, dtype=np.float64)
-        lo = np.full((n, len(q)), LOG_T_MIN)
-        hi = np.full((n, len(q)), LOG_T_MAX)
-        for _ in range(2):  # coarse grid over the whole range, then a fine grid inside the bracket found
-            grid = lo[..., None] + (hi - lo)[..., None] * np.linspace(0.0, 1.0, GRID)  # (N, Q, G)
-            cdf = self.cond_cdf(np.exp(grid))
+        # coarse: one grid over the whole range, shared by every level (its last point is the ceiling)
+        grid = np.broadcast_to(np.linspace(LOG_T_MIN, LOG_T_MAX, GRID), (n, 1, GRID))
+        cdf = self.cond_cdf(np.exp(grid))
+        ceiling = cdf[:, 0, -1]
+        for fine in (False, True):  # then a fine grid inside each level's bracket
             k = np.clip((cdf < q[None, :, None]).sum(-1) - 1, 0, GRID - 2)  # last grid point below the level
             c0, c1 = (np.take_along_axis(cdf, (k + d)[..., None], -1)[..., 0] for d in (0, 1))
             lo, hi = (np.take_along_axis(grid, (k + d)[..., None], -1)[..., 0] for d in (0, 1))
+            if not fine:
+                grid = lo[..., None] + (hi - lo)[..., None] * np.linspace(0.0, 1.0, GRID)  # (N, Q, G)
+                cdf = self.cond_cdf(np.exp(grid))
         w = np.clip((q - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0, 1.0)
         t = np.exp(lo + w * (hi - lo))
-        ceiling = self.cond_cdf(np.full((n, 1), float(np.exp(LOG_T_MAX))))
-        return np.where(ceiling < q[None, :], np.inf, t)
+        return np.where(ceiling[:, None] < q[None, :], np.inf, t)
 
     def expected_counts(self, horizon: float, n_samples: int) -> np.ndarray:
         """The count head's closed form on inputs built from these probabilities; else the library's simulation."""
@@ -114,3 +125,10 @@ class MixtureAnswers:
                 return self.predictor.simulate_counts(self.state, horizon, n_samples, seed=0)
             x = torch.from_numpy(count_features(self, self.state))
             return head.expected_count(x, float(horizon)).double().numpy()
+
+
+def count_horizons() -> tuple[float, ...]:
+    """The horizons the count head reads P(purchase within) at (none when the library has no such list)."""
+    from offerlab.timing import counts
+
+    return tuple(getattr(counts, "TPP_HORIZONS", ()))
