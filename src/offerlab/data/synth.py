@@ -840,3 +840,175 @@ def load_synth(out_dir: str | Path) -> SynthData:
     frames = {name: pq.read_table(out / rel).to_pandas() for name, rel in FILES.items()}
     meta = json.loads((out / META_FILE).read_text())
     return SynthData(**frames, meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# campaign oracle from observable data (added; the generated tables and truth are unchanged)
+# ----------------------------------------------------------------------------------------------------------
+N_DROP_NODES, N_ACT_BINS, N_CAMPAIGN_NODES = 8, 24, 8
+
+
+def _campaign_history(data: SynthData) -> dict[str, np.ndarray]:
+    """Per campaign customer (campaign row order), the sums of the purchases before the campaign date that the
+    posterior needs: counts, spend signal, gaps, the open gap, and fresh/same-as-previous category counts."""
+    t0 = pd.Timestamp(data.meta["start"])
+    tc = float((pd.Timestamp(data.meta["campaign_date"]) - t0) / pd.Timedelta(days=1))
+    ids = pd.Index(data.campaign["customer_id"].astype(str))
+    tx = data.transactions
+    tx = tx[tx["timestamp"] < pd.Timestamp(data.meta["campaign_date"])]
+    cust = ids.get_indexer(tx["customer_id"].astype(str))
+    tx, cust = tx[cust >= 0], cust[cust >= 0]
+    t = ((tx["timestamp"] - t0) / pd.Timedelta(days=1)).to_numpy(dtype=float)
+    order = np.lexsort((t, cust))
+    cust, t = cust[order], t[order]
+    cat = pd.Categorical(tx["category"].to_numpy()[order], categories=CATEGORIES).codes.astype(np.int64)
+    month = tx["timestamp"].dt.month.to_numpy()[order] - 1
+    amount = tx["amount"].to_numpy(dtype=float)[order]
+    signal = np.log(amount / (SPEND_BASE * CAT_PRICE[cat] * SEASON[month])) + 0.5 * AMOUNT_NOISE_SD**2
+    n = len(ids)
+    first = np.r_[True, cust[1:] != cust[:-1]]
+    gap = np.where(first, 0.0, np.diff(t, prepend=t[:1]))
+    ok = gap > 0
+    last_t = np.full(n, np.nan)
+    last_t[cust] = t  # sorted by time within customer: the last write is the last purchase
+    same = ~first & (cat == np.r_[-1, cat[:-1]])
+    cat_counts = np.bincount(cust * len(CATEGORIES) + cat, minlength=n * len(CATEGORIES))
+    same_counts = np.bincount(cust[same] * len(CATEGORIES) + cat[same], minlength=n * len(CATEGORIES))
+    return {
+        "n": np.bincount(cust, minlength=n).astype(float),
+        "spend_signal": np.bincount(cust, weights=signal, minlength=n),
+        "m": np.bincount(cust, weights=ok.astype(float), minlength=n),
+        "gap": np.bincount(cust, weights=np.where(ok, gap, 0.0), minlength=n),
+        "log_gap": np.bincount(cust, weights=np.log(np.where(ok, gap, 1.0)), minlength=n),
+        "elapsed": tc - last_t,
+        "n_same": same_counts.reshape(n, -1).astype(float),
+        "n_fresh": (cat_counts - same_counts).reshape(n, -1).astype(float),
+    }
+
+
+def _activity_posterior(h: dict, app: np.ndarray, age_c: np.ndarray, channel: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior of the campaign's activity term given the gaps, the open gap and the purchase count.
+
+    Joint over log shape (grid), log mean gap (adaptive Gauss-Hermite, as in the credit oracle), drop-out
+    probability (prior quantile nodes) and alive/dead: gamma gaps, no drop-out after the first n-1 purchases,
+    then either dropped out or the next gap exceeds the open one. Returns per customer the probability mass
+    of act = P(purchase within the campaign window | alive, open gap) in `N_ACT_BINS` bins (mass, mean act)
+    plus the dead mass (act 0, dead), and the posterior mean of the standardised log shape."""
+    lo, hi = np.log(SHAPE_MIN), np.log(SHAPE_MAX)
+    grid = np.linspace(lo, hi, N_SHAPE_GRID // 2)
+    mu_k = np.log(2.0) + LOG_K_APP * app + LOG_K_AGE * age_c
+    log_prior = stats.norm.logpdf(grid[None, :], mu_k[:, None], LOG_K_SD) + np.log(grid[1] - grid[0])
+    log_prior[:, 0] = np.logaddexp(log_prior[:, 0], stats.norm.logcdf(lo, mu_k, LOG_K_SD))
+    log_prior[:, -1] = np.logaddexp(log_prior[:, -1], stats.norm.logsf(hi, mu_k, LOG_K_SD))
+    x, wq = np.polynomial.hermite_e.hermegauss(N_GAP_NODES)
+    log_wq = np.log(wq / wq.sum())[None, :]
+    mu_g = (np.log(GAP_MEAN) + GAP_APP * app + GAP_AGE * age_c)[:, None]
+    m, sg, slg, e, n = (h[c][:, None] for c in ("m", "gap", "log_gap", "elapsed", "n"))
+    u_hat = np.log(np.where(m > 0, sg, 1.0) / np.maximum(m, 1.0))
+    p = np.clip(stats.beta.ppf((np.arange(N_DROP_NODES) + 0.5) / N_DROP_NODES, 2.0, 32.0)[None, :]
+                * CHANNEL_DROP[channel][:, None], 0.004, 0.6)[:, None, :]  # (n, 1, R)
+    log_w, acts, alive, zk_w = [], [], [], []
+    for lk, lp in zip(grid, log_prior.T, strict=True):  # a loop over grid points, vectorised over customers
+        k = np.exp(lk)
+        prec = m * k + 1.0 / GAP_SD**2
+        u = (m * k * u_hat + mu_g / GAP_SD**2) / prec + x[None, :] / np.sqrt(prec)
+        log_f = (m * (k * lk - k * u - special.gammaln(k)) + (k - 1.0) * slg - k * sg * np.exp(-u)
+                 - 0.5 * ((u - mu_g) / GAP_SD) ** 2 + 0.5 * x[None, :] ** 2 - 0.5 * np.log(prec * GAP_SD**2))  # fmt: skip
+        scale = np.exp(u) / k
+        with np.errstate(divide="ignore", invalid="ignore"):  # survival: the regularised upper incomplete gamma
+            s = special.gammaincc(k, e / scale)
+            cond = np.nan_to_num(1.0 - special.gammaincc(k, (e + CAMPAIGN_WINDOW_DAYS) / scale) / s, nan=1.0)
+        s = s[:, :, None]
+        keep = (1.0 - p) * s  # alive: no drop-out after the last purchase and no purchase since
+        lw = (lp[:, None, None] + log_f[:, :, None] + log_wq[:, :, None] + (n[:, :, None] - 1.0) * np.log1p(-p)
+              + np.log(p + keep))
+        log_w.append(lw.reshape(len(m), -1))
+        alive.append((keep / (p + keep)).reshape(len(m), -1))
+        acts.append(np.repeat(cond, N_DROP_NODES, axis=1))
+        zk_w.append(np.full(lw.shape[1] * lw.shape[2], (lk - np.log(2.0)) / LOG_K_SD))
+    w = special.softmax(np.concatenate(log_w, axis=1), axis=1)
+    a, act, zk = np.concatenate(alive, axis=1), np.concatenate(acts, axis=1), np.concatenate(zk_w)
+    bins = np.minimum((act * N_ACT_BINS).astype(np.int64), N_ACT_BINS - 1)
+    rows = np.repeat(np.arange(len(m)), act.shape[1])
+    flat = rows * N_ACT_BINS + bins.ravel()
+    mass = np.bincount(flat, weights=(w * a).ravel(), minlength=len(m) * N_ACT_BINS).reshape(len(m), -1)
+    act_sum = np.bincount(flat, weights=(w * a * act).ravel(), minlength=len(m) * N_ACT_BINS).reshape(len(m), -1)
+    act_mean = np.where(mass > 0, act_sum / np.maximum(mass, 1e-300), 0.0)
+    dead = 1.0 - mass.sum(axis=1, keepdims=True)
+    return (np.concatenate([mass, np.clip(dead, 0.0, 1.0)], axis=1),
+            np.concatenate([act_mean, np.zeros((len(m), 1))], axis=1), w @ zk)
+
+
+def _deal_share_posterior(h: dict, zk: np.ndarray, iters: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the share of deal categories in the preferences, given the category sequence.
+
+    The preferences are Dirichlet (popularity tilted by regularity, at the posterior mean of the shape); a
+    purchase repeats the previous category with probability p_repeat ~ Beta(2, 5), else draws afresh. Which
+    same-as-previous purchases were fresh draws is unknown: EM-style expected fresh counts, then the
+    Dirichlet aggregation property gives a Beta for the deal share. An approximation (plug-in EM rather
+    than the exact mixture posterior)."""
+    alpha = PREF_CONCENTRATION * CAT_POP[None, :] * np.exp(np.where(CAT_REPLENISH, 0.5, -0.5)[None, :] * zk[:, None])
+    fresh, same = h["n_fresh"], h["n_same"]
+    p_rep = np.full(len(zk), 2.0 / 7.0)[:, None]
+    counts = fresh + same * 0.5
+    for _ in range(iters):
+        pi = (alpha + counts) / (alpha + counts).sum(axis=1, keepdims=True)
+        f = (1.0 - p_rep) * pi / (p_rep + (1.0 - p_rep) * pi)
+        counts = fresh + same * f
+        p_rep = ((2.0 + (same * (1.0 - f)).sum(axis=1)) / (7.0 + np.maximum(h["n"] - 1.0, 0.0)))[:, None]
+    post = alpha + counts
+    a, b = post[:, CAT_DEAL].sum(axis=1), post[:, ~CAT_DEAL].sum(axis=1)
+    return a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1.0))
+
+
+def campaign_truth_observable(data: SynthData, chunk: int = 4000) -> pd.DataFrame:
+    """E[truth | what the tables show] per campaign customer: the campaign truth columns (p_conv, exp_revenue,
+    exp_cost per level, as in `truth_campaign`) averaged over the posterior of the latent traits given the
+    customer's attributes and purchases before the campaign date. The best a model on these tables can do
+    (up to the approximations named in the helpers); `truth_campaign` itself knows the traits.
+
+    Spend level: conjugate normal posterior from the purchase amounts; activity: `_activity_posterior`;
+    price sensitivity: its prior given region and spend level, the deal-category share from
+    `_deal_share_posterior` and the idiosyncratic noise, integrated by Gauss-Hermite nodes."""
+    camp_ids = data.campaign["customer_id"].astype(str)
+    cust = data.customers.set_index(data.customers["customer_id"].astype(str)).reindex(camp_ids)
+    region = pd.Categorical(cust["region"], categories=REGIONS).codes
+    age = pd.Categorical(cust["age_band"], categories=AGE_BANDS).codes
+    channel = pd.Categorical(cust["signup_channel"], categories=CHANNELS).codes
+    hist = _campaign_history(data)
+    x, wq = np.polynomial.hermite_e.hermegauss(N_CAMPAIGN_NODES)
+    wq = wq / wq.sum()
+    disc = np.array([DISCOUNTS[lv] for lv in LEVELS])
+    out = {f"{q}_{lv}": np.zeros(len(camp_ids)) for lv in LEVELS for q in ("p_conv", "exp_revenue", "exp_cost")}
+    for s in range(0, len(camp_ids), chunk):
+        sl = slice(s, s + chunk)
+        h = {k: v[sl] for k, v in hist.items()}
+        age_c = (age[sl] - 2.3) / 1.5
+        app = (channel[sl] == CHANNELS.index("app")).astype(float)
+        mass, act, zk = _activity_posterior(h, app, age_c, channel[sl])
+        ds_mean, ds_var = _deal_share_posterior(h, zk)
+        prec = 1.0 / Z_SPEND_SD**2 + h["n"] * SPEND_SLOPE**2 / AMOUNT_NOISE_SD**2
+        z_mean = (Z_SPEND_AGE * age_c / Z_SPEND_SD**2 + SPEND_SLOPE * h["spend_signal"] / AMOUNT_NOISE_SD**2) / prec
+        # axes: customer, activity bin (last = dead), spend-level node, price-sensitivity node
+        z = (z_mean[:, None] + x[None, :] / np.sqrt(prec)[:, None])[:, None, :, None]
+        ps_sd = np.sqrt(0.6**2 + 1.5**2 * ds_var)
+        ps = (REGION_PRICE_SENS[region[sl]] + 1.5 * (ds_mean - 0.29))[:, None, None, None] - 0.45 * z + (
+            ps_sd[:, None, None, None] * x[None, None, None, :])
+        dead = np.zeros(mass.shape[1])
+        dead[-1] = 1.0
+        a, dd = act[:, :, None, None], dead[None, :, None, None]
+        w = mass[:, :, None, None] * wq[None, None, :, None] * wq[None, None, None, :]
+        lin0 = C_BASE + C_ACT * a + 0.25 * z + REGION_CONV[region[sl]][:, None, None, None] - C_DEAD * dd
+        resp = _softplus(C_R0 + C_R1 * ps) * (1.0 - 0.75 * dd)
+        curv = np.clip(C_EXP * np.exp(0.6 * z), 0.25, 2.5)
+        dog = C_DOG * _sigmoid(C_DS * (a - C_DA)) * _sigmoid(-C_DP * ps)
+        spend = SPEND_BASE * np.exp(SPEND_SLOPE * z)
+        for lv, d in zip(LEVELS, disc, strict=True):
+            p = _sigmoid(lin0 + (resp * (d / 0.15) ** curv - dog if d > 0 else 0.0))
+            ep = (w * p).sum(axis=(1, 2, 3))
+            e_basket = 1.1 * (1.0 + BASKET_UPLIFT_PER_DISCOUNT * d) * (w * p * spend).sum(axis=(1, 2, 3))
+            out[f"p_conv_{lv}"][sl] = ep
+            out[f"exp_revenue_{lv}"][sl] = e_basket * (1.0 - d)
+            out[f"exp_cost_{lv}"][sl] = e_basket * d + (CONTACT_COST if d > 0 else 0.0)
+    return pd.DataFrame({"customer_id": camp_ids.to_numpy(), **out})

@@ -32,8 +32,10 @@ def _default_config(dataset: str) -> Path | None:
 @click.option("--contact-cost", type=float, default=None, help="Cost per contacted customer.")
 @click.option("--models", default="offerlab,s_learner,t_learner,x_learner", show_default=True,
               help="Comma-separated models to run.")
+@click.option("--feature-oracle/--no-feature-oracle", default=True, show_default=True,
+              help="Synthetic data: also fit the (slow) feature-ceiling reference.")
 def bench(dataset, out, outcome, seeds, config_path, data_path, mapping, synth_dir, customers, synth_seed, margin,
-          contact_cost, models) -> None:
+          contact_cost, models, feature_oracle) -> None:
     """Benchmark ours against S/T/X-learners with gradient boosting on the same splits; write one JSON.
 
     \b
@@ -64,7 +66,7 @@ def bench(dataset, out, outcome, seeds, config_path, data_path, mapping, synth_d
     if contact_cost is not None:
         overrides["policy"]["contact_cost"] = contact_cost
     cfg = load_config(config_path or _default_config(dataset), overrides)
-    result = run_bench(cfg, out, seeds=seeds, models=chosen)
+    result = run_bench(cfg, out, seeds=seeds, models=chosen, feature_oracle=feature_oracle)
     click.echo(json.dumps({"out": out, "seconds": result["seconds"], "targets": result["targets"]}, indent=1,
                           default=float))
 

@@ -7,7 +7,11 @@ penalty on their spread across customers: heterogeneity is shrunk towards one co
 level unless the data insist, which keeps uplift (a small difference of two large predictions)
 from being dominated by noise. Uplift of a level = prediction under that level - under control.
 Optionally (`uplift_loss_weight`) a direct loss fits each level's conversion uplift to the transformed
-outcome, which targets the small difference itself rather than two large predictions (used on Hillstrom).
+outcome (or the lower-variance R-loss, `uplift_loss`), which targets the small difference itself rather than
+two large predictions (used on Hillstrom). Each member may early-stop on the mean Qini of its own validation rows
+(`early_stop: val_qini`) instead of the outcome loss, and may see its numeric inputs also through a
+piecewise-linear encoding over training quantile bins (`numeric_bins`), computed inside the net so the
+`FeatureEncoder` (and serving, which replicates it) is unchanged.
 
 The propensity head is trained as in DragonNet (it shapes phi towards what predicts assignment);
 known propensities (a randomised log) are used as given, otherwise the head's estimate is used,
@@ -49,9 +53,17 @@ class NetConfig(BaseModel):
     effect_spread_penalty: float = Field(0.0, ge=0, description="shrinks each level's effect towards a constant")
     uplift_loss_weight: float = Field(0.0, ge=0, description="weight of a direct loss on each level's conversion "
                                       "uplift: squared error to the transformed outcome, unbiased in a randomised log")
+    uplift_loss: Literal["transformed_outcome", "r_loss"] = Field(
+        "transformed_outcome", description="the direct uplift loss: squared error to the transformed outcome, or "
+        "the R-loss (Nie & Wager) on the outcome residual, which weights rows by (t - q)^2 and has lower variance")
     revenue_spread_penalty: float = Field(0.0, ge=0, description="the same for the revenue-given-conversion effect "
                                           "(a discount scales every basket alike, so a large value is a safe prior)")
     ensemble: int = Field(3, ge=1, description="members trained from different seeds and validation splits")
+    early_stop: Literal["val_loss", "val_qini"] = Field(
+        "val_loss", description="what each member's early stopping and best-epoch pick watch on its validation rows: "
+        "the outcome loss, or the mean Qini of the levels' conversion uplift (the ranking the campaign uses)")
+    numeric_bins: int = Field(0, ge=0, description="piecewise-linear encoding of each numeric input over this many "
+                              "training quantile bins, inside the net (the encoder and serving are unchanged); 0 = off")
     propensity: Literal["auto", "known", "estimate"] = "auto"
     ipw_weighting: bool = Field(False, description="weight outcome losses by 1/propensity (observational logs)")
 
@@ -86,15 +98,34 @@ def transformed_outcome_loss(conv_logits: torch.Tensor, t: torch.Tensor, y: torc
     return ((pair * (tau - z) ** 2).sum(dim=0) / pair.sum(dim=0).clamp_min(1.0)).sum()
 
 
+def r_loss(conv_logits: torch.Tensor, t: torch.Tensor, y: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """R-loss of each level's conversion uplift tau_l over the rows of level l or control, summed over levels:
+    sum ((y - m) - (1[T=l] - q) tau_l)^2 / sum (1[T=l] - q)^2, with m = q p_l + (1 - q) p_0 the pair's outcome
+    mean (held fixed: only tau learns from this loss) and q = e_l / (e_l + e_0). In a randomised log its
+    minimiser is the true uplift, like the transformed outcome's, with residuals instead of raw outcomes."""
+    p = torch.sigmoid(conv_logits)
+    tau = p[:, 1:] - p[:, :1]
+    lv = torch.arange(1, p.shape[1], device=t.device)
+    t_l = (t[:, None] == lv).float()
+    pair = t_l + (t == 0).float()[:, None]
+    q = e[:, 1:] / (e[:, 1:] + e[:, :1]).clamp_min(1e-6)
+    m = (q * p[:, 1:] + (1 - q) * p[:, :1]).detach()
+    resid = y[:, None] - m - (t_l - q) * tau
+    return ((pair * resid**2).sum(dim=0) / (pair * (t_l - q) ** 2).sum(dim=0).clamp_min(1e-6)).sum()
+
+
 class MultiTreatmentNet(pl.LightningModule):
     """phi(x) -> conversion logits, log revenue-given-conversion and propensity logits over L levels."""
 
-    def __init__(self, n_features: int, n_levels: int, cfg: dict, revenue_head: bool = True):
+    def __init__(self, n_features: int, n_levels: int, cfg: dict, revenue_head: bool = True, n_numeric: int = 0):
         super().__init__()
         self.save_hyperparameters()
         c = NetConfig(**cfg)
         self.c, self.n_levels, self.revenue_head = c, n_levels, revenue_head
-        layers, width = [], n_features
+        self.n_ple = n_numeric if c.numeric_bins else 0
+        if self.n_ple:  # bin edges of the piecewise-linear encoding (set by `set_bin_edges`, saved with the net)
+            self.register_buffer("bin_edges", torch.zeros(self.n_ple, c.numeric_bins + 1))
+        layers, width = [], n_features + self.n_ple * c.numeric_bins
         for h in c.hidden:
             layers += [nn.Linear(width, h), nn.ELU(), nn.Dropout(c.dropout)]
             width = h
@@ -116,8 +147,21 @@ class MultiTreatmentNet(pl.LightningModule):
         eff = torch.cat([e(z) for e in effects], dim=1) if len(effects) else b[:, :0]
         return torch.cat([b, b + eff], dim=1), eff
 
+    def set_bin_edges(self, x: np.ndarray) -> None:
+        """Quantile edges of the first `n_ple` (numeric) columns of the training matrix."""
+        if self.n_ple:
+            q = np.linspace(0.0, 1.0, self.c.numeric_bins + 1)
+            self.bin_edges.copy_(torch.as_tensor(np.quantile(x[:, : self.n_ple], q, axis=0).T, dtype=torch.float32))
+
+    def piecewise_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Gorishniy et al. (2022) encoding: per bin, the share of it that x has passed (0 below, 1 above).
+        Gives the net the step-like splits boosted trees make on a number (tied edges act as a step)."""
+        lo, hi = self.bin_edges[:, :-1], self.bin_edges[:, 1:]
+        enc = ((x[:, : self.n_ple, None] - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
+        return torch.cat([x, enc.flatten(1)], dim=1)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.rep(x)
+        z = self.rep(self.piecewise_linear(x) if self.n_ple else x)
         out = {"prop_logits": self.prop(z)}
         out["conv_logits"], out["conv_effect"] = self._levels(self.conv_base, self.conv_effect, z)
         if self.revenue_head:
@@ -145,7 +189,8 @@ class MultiTreatmentNet(pl.LightningModule):
         losses["spread"] = spread + rev_spread
         c = self.c
         if c.uplift_loss_weight > 0 and self.n_levels > 1:
-            losses["uplift"] = transformed_outcome_loss(out["conv_logits"], t, batch["y"], batch["e"])
+            fn = r_loss if c.uplift_loss == "r_loss" else transformed_outcome_loss
+            losses["uplift"] = fn(out["conv_logits"], t, batch["y"], batch["e"])
         else:
             losses["uplift"] = zero
         losses["total"] = (losses["conv"] + c.propensity_weight * losses["prop"] + c.effect_spread_penalty * spread
@@ -165,6 +210,26 @@ class MultiTreatmentNet(pl.LightningModule):
         n = len(batch["t"])
         self.log("val_loss", val, prog_bar=True, batch_size=n)
         self.log("val_conv_loss", losses["conv"], batch_size=n)
+        if self.c.early_stop == "val_qini":
+            p = torch.sigmoid(self(batch["x"])["conv_logits"])
+            self._val_rows.append((p[:, 1:] - p[:, :1], batch["t"], batch["y"]))
+
+    def on_validation_epoch_start(self):
+        self._val_rows: list[tuple[torch.Tensor, ...]] = []
+
+    def on_validation_epoch_end(self):
+        if self.c.early_stop != "val_qini" or not self._val_rows:
+            return
+        from offerlab.uplift.metrics import qini_coefficient
+
+        tau, t, y = (torch.cat(parts).cpu().numpy() for parts in zip(*self._val_rows, strict=True))
+        qini = []
+        for lv in range(1, self.n_levels):
+            rows = (t == lv) | (t == 0)
+            if (t == lv).any() and (t == 0).any():
+                qini.append(qini_coefficient(tau[rows, lv - 1], y[rows], (t[rows] == lv).astype(float)))
+        # negated so that every monitor in this module is minimised
+        self.log("val_neg_qini", -float(np.mean(qini)) if qini else 0.0, prog_bar=True)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.c.lr, weight_decay=self.c.weight_decay)
@@ -277,13 +342,14 @@ class UpliftModel:
             tr, va = train_test_split(np.arange(len(data)), test_size=c.val_fraction, random_state=seed,
                                       stratify=strata)
             net = MultiTreatmentNet(x.shape[1], len(self.levels), c.model_dump(),
-                                    revenue_head=not self.revenue_is_conversion)
-            keep = _KeepBest()
+                                    revenue_head=not self.revenue_is_conversion, n_numeric=len(self.encoder.numeric))
+            net.set_bin_edges(x[tr])
+            keep = _KeepBest("val_neg_qini" if c.early_stop == "val_qini" else "val_loss")
             trainer = pl.Trainer(
                 accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy, precision=tc.precision,
                 max_epochs=tc.max_epochs, enable_progress_bar=tc.enable_progress_bar, deterministic=tc.deterministic,
                 logger=False, enable_checkpointing=False, enable_model_summary=False,
-                callbacks=[pl.callbacks.EarlyStopping("val_loss", patience=c.patience), keep, *(callbacks or [])],
+                callbacks=[pl.callbacks.EarlyStopping(keep.monitor, patience=c.patience), keep, *(callbacks or [])],
             )
             trainer.fit(
                 net,
@@ -292,7 +358,8 @@ class UpliftModel:
             )
             net.eval()
             self.nets.append(net.cpu())
-            self.history.append({"member": member, "best_val_loss": keep.best, "epochs": trainer.current_epoch})
+            self.history.append({"member": member, "best_val_loss": keep.best, "monitor": keep.monitor,
+                                 "epochs": trainer.current_epoch})
         return self
 
     # ------------------------------------------------------------------------------------- prediction
@@ -370,7 +437,7 @@ class UpliftModel:
         m.known_propensity = None if s["known_propensity"] is None else np.asarray(s["known_propensity"])
         for sd in s["nets"]:
             net = MultiTreatmentNet(s["n_features"], len(m.levels), s["net_cfg"],
-                                    revenue_head=not m.revenue_is_conversion)
+                                    revenue_head=not m.revenue_is_conversion, n_numeric=len(m.encoder.numeric))
             net.load_state_dict(sd)
             net.eval()
             m.nets.append(net)
