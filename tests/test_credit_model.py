@@ -102,3 +102,27 @@ def test_settings_are_chosen_by_inner_validation_only():
         NetConfig(select_from=[{"members": 3}])
     with pytest.raises(ValueError, match="lr"):
         NetConfig(select_from=[{"lr": -1}])
+
+
+def test_blend_of_candidates_is_one_more_inner_option():
+    import pandas as pd
+
+    from offerlab.credit.calibration import EnsembleRescaled
+    from offerlab.credit.model import NetConfig
+
+    rng = np.random.default_rng(2)
+    n = 300
+    X = pd.DataFrame({"x": rng.normal(size=n), "g": rng.choice(["a", "b", "c"], n)})
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * X["x"] - 1)))).astype(int).to_numpy()
+    net = {**FAST, "hidden": [], "blend": True, "select_from": [{"l2_wide": 0.1}, {"l2_wide": 0.001}]}
+    model = CreditModel(net, {"max_epochs": 5}, seed=0).fit(X, y)
+    assert [s.get("blend", False) for s in model.selection] == [False, False, True]
+    best = int(np.argmax([s["inner_auc"] for s in model.selection]))
+    assert len(model.members) == FAST["members"] * (2 if best == 2 else 1)  # the blend pools both candidates' members
+    # cross-fitted calibration: every training row calibrates, the map carried over to the members' average
+    assert model.calibration_rows == n and isinstance(model.calibrator, EnsembleRescaled)
+    assert model.calibrator.stretch >= 1.0
+    raw = model.raw_logit(X)
+    np.testing.assert_allclose(model.predict_logit(X), model.calibrator.transform_logit(raw))
+    with pytest.raises(ValueError, match=r"may not override \['blend'\]"):
+        NetConfig(select_from=[{"blend": True}])

@@ -1,9 +1,11 @@
 """Calibration maps from a model's raw log-odds to probabilities of default, fitted on held-out rows.
 
 Platt (a * logit + b), temperature (logit / T) and isotonic regression share one tiny interface
-(`fit(logit, y)`, `transform(logit)`). The PD model fits the map on training rows set aside from its
-members, scored by the averaged ensemble (the very score the map is applied to), so the map is never
-fitted on rows that produced the logits nor on a differently spread score.
+(`fit(logit, y)`, `transform(logit)`). The PD model fits the map either on the cross-fitted held-out
+logits of its inner folds (every training row trains members and calibrates; `EnsembleRescaled` then
+carries the map from one fold's members over to the average of all of them), or on training rows set
+aside from its members, scored by the averaged ensemble. Either way the map is never fitted on rows
+that produced the logits.
 """
 
 from __future__ import annotations
@@ -100,6 +102,45 @@ class IdentityCalibrator:
 
 
 CALIBRATORS = {c.name: c for c in (PlattCalibrator, TemperatureCalibrator, IsotonicCalibrator, IdentityCalibrator)}
+
+
+class EnsembleRescaled:
+    """A map fitted on single members' held-out logits, applied to the average of several members.
+
+    Why: the map learns how far to trust one member's logit; the average of K members is less noisy, so it
+    deserves a steeper slope. With member logit m = s + e (shared signal s, member noise e of variance v),
+    the best linear read-out of s from m has slope var(s) / var(m), from the average var(s) / var(avg): the
+    map's input is stretched about `center` by `stretch` = var(m) / var(avg) (both measured across rows
+    the members all score) before the fitted map is applied. Same interface as the maps above. Checked out
+    of sample on German credit: pooled single-member slope x stretch matched the average's slope in every
+    fold; but the map's own estimation error is stretched too, so on a few hundred rows `none` can be better.
+    """
+
+    def __init__(self, inner, stretch: float, center: float):
+        self.inner, self.stretch, self.center = inner, float(stretch), float(center)
+        self.name = inner.name
+
+    def _member_scale(self, logit: np.ndarray) -> np.ndarray:
+        return self.center + self.stretch * (np.asarray(logit, float) - self.center)
+
+    def transform_logit(self, logit: np.ndarray) -> np.ndarray:
+        return self.inner.transform_logit(self._member_scale(logit))
+
+    def transform(self, logit: np.ndarray) -> np.ndarray:
+        return self.inner.transform(self._member_scale(logit))
+
+
+def ensemble_stretch(unit_logits: np.ndarray) -> tuple[float, float]:
+    """(var(one unit) / var(their average), mean of the average) from a (units, rows) matrix of logits.
+
+    A unit is what one held-out logit came from (an inner fold's members); the ratio is at least 1.
+    """
+    unit_logits = np.asarray(unit_logits, float)
+    avg = unit_logits.mean(axis=0)
+    var_avg = float(avg.var())
+    var_unit = float(unit_logits.var(axis=1).mean())
+    stretch = var_unit / var_avg if var_avg > 0 else 1.0
+    return max(stretch, 1.0), float(avg.mean())
 
 
 def make_calibrator(method: str):

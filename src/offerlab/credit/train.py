@@ -94,8 +94,9 @@ def train(cfg: CreditConfig, *, progress: bool | None = None, data: BenchData | 
             "mean_score": float(decisions["score"].mean()),
             "fit_seconds": fit_seconds,
         })  # fmt: skip
-        cal = model.calibrator
-        metrics.update({f"calibration_{k}": float(v) for k, v in vars(cal).items() if isinstance(v, float)})
+        cal = model.calibrator  # a cross-fitted map wraps the fitted one (`inner`) with the ensemble stretch
+        for part in (cal, getattr(cal, "inner", cal)):
+            metrics.update({f"calibration_{k}": float(v) for k, v in vars(part).items() if isinstance(v, float)})
         mlflow.log_metrics(metrics)
         mlflow.log_figure(reliability_figure(data.y[idx_te], p_te, title=f"Reliability, held-out {data.name}"),
                           "plots/reliability.png")
