@@ -133,6 +133,56 @@ def test_examples_targets_and_censoring(tiny_tx):
     np.testing.assert_allclose(ex_v.elapsed_start, [0, 4, 0, 0, 10], atol=1e-4)
 
 
+def test_gap_statistics_by_hand_and_as_simulation_carries_them(tiny_tx):
+    as_of = pd.Timestamp("2024-02-10")
+    ex, stats = build_examples(build_sequences(tiny_tx, as_of), as_of, use_calendar=False, gap_stats=True)
+    assert stats.gap_stats and ex.inputs.shape[1] == 6
+    # a: gaps 10 and 20 days -> after its third purchase n = 2, mean log1p = (log 11 + log 21) / 2
+    m = (math.log(11) + math.log(21)) / 2
+    sd = abs(math.log(21) - math.log(11)) / 2
+    np.testing.assert_allclose(ex.inputs[2, 2:], [1 / 3, m, sd, math.log1p(15.0)], rtol=1e-5)
+    np.testing.assert_allclose(ex.inputs[0, 2:], [1.0, 0.0, 0.0, 0.0])  # no gap closed yet
+    np.testing.assert_allclose(ex.inputs[3, 2:], [1.0, 0.0, 0.0, 0.0])  # b: one purchase
+    # the predictor's simulation step builds the same inputs from the state's running sums
+    from offerlab.timing.predict import TimingPredictor
+    from offerlab.timing.train import _new_model
+
+    pred = TimingPredictor([_new_model(load_config(None, {"model": {"gap_stats": True}}), ex, stats)], stats, [],
+                           "merge", False)
+    state = pred.encode(tiny_tx[tiny_tx["customer_id"] == "a"].iloc[:2], pd.Timestamp("2024-01-20"))
+    gap = torch.tensor([20.0], dtype=torch.float64)
+    lg = torch.log1p(gap)
+    sums = state.gap_sums.double() + torch.stack([torch.ones_like(gap), lg, lg**2, gap], -1)
+    x = pred._step_inputs(gap, torch.zeros(1, dtype=torch.float64), None, None, None, sums)
+    np.testing.assert_allclose(x.numpy()[0, [0, 2, 3, 4, 5]], ex.inputs[2, [0, 2, 3, 4, 5]], rtol=1e-5)
+
+
+def test_batch_nll_on_used_steps_equals_the_padded_sum(tiny_tx):
+    """The loss runs its heads on weighted steps only and skips an all-zero truncation: same sums as the
+    plain padded computation (every step, pads weighted 0, the truncation term always)."""
+    from offerlab.timing.train import _new_model
+
+    torch.manual_seed(0)
+    as_of = pd.Timestamp("2024-02-10")
+    tiny_tx = tiny_tx.assign(category=["x", "y", "x", "y", "x", "x"])
+    seqs = build_sequences(tiny_tx, as_of)
+    for start in (None, "2024-01-15"):
+        ex, stats = build_examples(seqs, as_of, use_calendar=False, validation_start=start)
+        model = _new_model(load_config(None), ex, stats)
+        b = ex.padded(np.arange(ex.n_customers))
+        assert ("elapsed_start" in b) == (start is not None)
+        got = model.batch_nll(b)
+        h, _ = model.encode(b["inputs"], b["category"])
+        e0 = torch.from_numpy(ex.elapsed_start[np.where(b["mask"].numpy(), ex.offsets[:-1, None]
+                                                        + np.arange(b["mask"].shape[1]), 0)])
+        full = censored_gap_nll(model.gap_distribution(h), b["target_gap"], b["censored"], e0)
+        assert got["gap_nll_sum"].item() == pytest.approx((full * b["weight"]).sum().item(), rel=1e-6)
+        known = (b["target_category"] > 0) & (b["weight"] > 0) & ~b["censored"]
+        ce = torch.nn.functional.cross_entropy(model.category_logits(h)[known], b["target_category"][known] - 1,
+                                               reduction="sum")
+        assert got["cat_nll_sum"].item() == pytest.approx(ce.item(), rel=1e-6)
+
+
 def test_rfm_summary_and_naive_rate(tiny_tx):
     rfm = rfm_summary(tiny_tx, "2024-02-09", unit_days=1.0)  # c's second purchase is after the cutoff
     assert rfm.loc["a"].tolist() == pytest.approx([2.0, 30.0, 40.0], abs=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from offerlab.timing.counts import CountHead
+from offerlab.timing.counts import CountHead, CountHeads
 
 PI, LAM, MU, NU = 0.6, 0.05, 0.01, 0.002  # P(active), purchases/day while active, end-of-activity rate, dormant rate
 
@@ -34,6 +34,21 @@ def test_expected_count_and_p_any_match_hand_values():
     p0_active = math.exp(-(LAM + MU) * h) + MU * math.exp(-NU * h) * (1 - math.exp(-k * h)) / k
     want_any = 1 - (PI * p0_active + (1 - PI) * math.exp(-NU * h))
     assert head.prob_any(x, h)[0].item() == pytest.approx(want_any, abs=2e-4)
+
+
+def test_count_heads_average_their_members_and_survive_saving(tmp_path):
+    from offerlab.timing.predict import _head_blob, _head_from_blob
+
+    heads = CountHeads([fixed_head(pi=0.6), fixed_head(pi=0.2)])
+    x, h = torch.zeros(2, 3), 100.0
+    want = (fixed_head(pi=0.6).expected_count(x, h) + fixed_head(pi=0.2).expected_count(x, h)) / 2
+    np.testing.assert_allclose(heads.expected_count(x, h).detach().numpy(), want.detach().numpy(), rtol=1e-6)
+    p_any = (fixed_head(pi=0.6).prob_any(x, h) + fixed_head(pi=0.2).prob_any(x, h)) / 2
+    np.testing.assert_allclose(heads.prob_any(x, h).detach().numpy(), p_any.detach().numpy(), rtol=1e-6)
+    torch.save(_head_blob(heads), tmp_path / "h.pt")
+    again = _head_from_blob(torch.load(tmp_path / "h.pt", weights_only=False))
+    assert isinstance(again, CountHeads) and len(again.heads) == 2
+    np.testing.assert_allclose(again.expected_count(x, h).detach().numpy(), want.detach().numpy(), rtol=1e-6)
 
 
 def test_window_counts_form_a_distribution_with_the_closed_form_mean():

@@ -68,6 +68,28 @@ def test_count_head_survives_save_and_load(fitted, tmp_path):
     assert np.all(again.prob_any(model.state, 30.0) <= p_any + 1e-6)
 
 
+def test_gap_statistics_travel_with_the_predictor(fitted, tmp_path):
+    """synth.yaml trains on gap statistics: a saved and loaded predictor builds them from its stats alone (the
+    serving path calls build_examples without naming them), and simulation carries them forward."""
+    from offerlab.serving.timing_fast import MixtureAnswers
+    from offerlab.timing.data import build_examples
+    from offerlab.timing.predict import load_predictor, save_predictor
+
+    model, tx = fitted
+    again = load_predictor(save_predictor(model.predictor, tmp_path / "p.pt"))
+    assert again.stats.gap_stats and model.state.gap_sums is not None
+    as_of = pd.Timestamp(END)
+    seqs = again.sequences(tx, as_of)
+    ex, _ = build_examples(seqs, as_of, again.stats, use_calendar=again.use_calendar, age_inputs=again.age_inputs)
+    assert ex.inputs.shape[1] == again.models[0].hparams.n_inputs
+    state = again.encode_examples(ex, np.asarray(seqs.log_amount, dtype=np.float64))
+    want = model.predictor.expected_counts(model.predictor.encode(tx, as_of), 90.0)
+    np.testing.assert_allclose(again.expected_counts(state, 90.0), want, rtol=1e-5)
+    np.testing.assert_allclose(MixtureAnswers(again, state).expected_counts(90.0, 20), want, rtol=2e-3, atol=1e-4)
+    sim = again.simulate_counts(state, 90.0, n_samples=20)
+    assert np.isfinite(sim).all() and 0.5 < sim.sum() / want.sum() < 2.0
+
+
 @pytest.mark.slow
 def test_train_command_logs_pyfunc_that_serves(tmp_path, mlflow_store):
     import mlflow

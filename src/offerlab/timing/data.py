@@ -17,6 +17,7 @@ import torch
 EPOCH = pd.Timestamp("1970-01-01")
 MIN_GAP_DAYS = 1e-3  # same-instant events: a log-normal needs a positive gap
 N_CALENDAR = 4  # sin/cos of day of week, sin/cos of day of year
+N_GAP_STATS = 4  # see gap_stat_features
 
 
 def calendar_features(abs_day: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -32,18 +33,50 @@ def as_of_days(as_of: str | pd.Timestamp) -> float:
     return float((pd.Timestamp(as_of) - EPOCH) / pd.Timedelta(days=1))
 
 
+def gap_sums(abs_day: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n_events, 4) running sums over each customer's gaps so far: count, sum log1p(gap), its square, sum gap."""
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    first = offsets[:-1]
+    cust = np.repeat(np.arange(n), lengths)
+    gap = np.maximum(np.diff(abs_day, prepend=abs_day[:1] if len(abs_day) else abs_day), 0.0)
+    gap[first[lengths > 0]] = 0.0
+    lg = np.log1p(gap)
+    x = np.stack([np.ones_like(gap), lg, lg**2, gap], -1)
+    x[first[lengths > 0]] = 0.0  # the first purchase closes no gap
+    cs = np.cumsum(x, 0)
+    return cs - cs[first][cust] if len(cust) else cs  # segmented: x at each first event is 0
+
+
+def gap_stat_features(sums: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Inputs from `gap_sums` (numpy or torch): 1/(1+n), mean and sd of log1p(gap), log1p(mean gap).
+
+    Why: a customer's own rhythm (typical gap and its regularity) is what a renewal process is
+    identified by; handed over as summaries, the GRU need not learn to average over dozens of steps.
+    All bounded in the count (1/(1+n), not n), so simulating far ahead never leaves the training range.
+    """
+    lib = torch if isinstance(sums, torch.Tensor) else np
+    n, s1, s2, sg = (sums[..., j] for j in range(4))
+    k = n.clip(min=1)
+    mean = s1 / k
+    sd = lib.sqrt((s2 / k - mean**2).clip(min=0))
+    return lib.stack([1 / (1 + n), mean, sd, lib.log1p(sg / k)], -1)
+
+
 @dataclass
 class FeatureStats:
-    """Training-set statistics that every later input is standardised with (kept in the model's hparams)."""
+    """Training-set statistics that every later input is standardised with (kept in the model's hparams),
+    and which derived inputs the model was trained on (so every later caller builds the same ones)."""
 
     amount_mean: float = 0.0
     amount_std: float = 1.0
+    gap_stats: bool = False
 
     @classmethod
-    def fit(cls, log_amount: np.ndarray) -> FeatureStats:
+    def fit(cls, log_amount: np.ndarray, gap_stats: bool = False) -> FeatureStats:
         if len(log_amount) == 0:
-            return cls()
-        return cls(float(np.mean(log_amount)), float(np.std(log_amount) or 1.0))
+            return cls(gap_stats=gap_stats)
+        return cls(float(np.mean(log_amount)), float(np.std(log_amount) or 1.0), gap_stats)
 
 
 @dataclass
@@ -91,19 +124,23 @@ class TimingExamples:
             "target_gap": torch.from_numpy(self.target_gap[flat]),
             "censored": torch.from_numpy(self.censored[flat]),
             "target_category": torch.from_numpy(self.target_category[flat]),
-            "elapsed_start": torch.from_numpy(self.elapsed_start[flat]),
             "weight": torch.from_numpy(np.where(mask, self.weight[flat], 0.0).astype(np.float32)),
             "mask": torch.from_numpy(mask),
             "lengths": torch.from_numpy(lengths),
         }
+        elapsed_start = self.elapsed_start[flat]
+        if elapsed_start.any():  # left truncation (validation windows); absent = zero, its term skipped
+            batch["elapsed_start"] = torch.from_numpy(elapsed_start)
         if self.static is not None:
             batch["static"] = torch.from_numpy(self.static[idx])
         return batch
 
 
 def step_inputs(gap_in: np.ndarray, log_amount: np.ndarray, step: np.ndarray, tenure: np.ndarray,
-                abs_day: np.ndarray, stats: FeatureStats, use_calendar: bool, age_inputs: bool = False) -> np.ndarray:
-    """Continuous per-step inputs: log(1+gap), standardised log-amount, [log(1+step), log(1+tenure)], calendar.
+                abs_day: np.ndarray, stats: FeatureStats, use_calendar: bool, age_inputs: bool = False,
+                sums: np.ndarray | None = None) -> np.ndarray:
+    """Continuous per-step inputs: log(1+gap), standardised log-amount, [log(1+step), log(1+tenure)],
+    [gap statistics from `sums` when `stats.gap_stats`], calendar.
 
     Step and tenure are off by default: forecasting runs them past anything seen in training (the
     GRU counts purchases itself), which made long-horizon simulations run away.
@@ -112,20 +149,24 @@ def step_inputs(gap_in: np.ndarray, log_amount: np.ndarray, step: np.ndarray, te
     if age_inputs:
         cols += [np.log1p(step), np.log1p(tenure)]
     out = np.stack(cols, -1)
+    if stats.gap_stats:
+        out = np.concatenate([out, gap_stat_features(sums)], -1)
     if use_calendar:
         out = np.concatenate([out, calendar_features(abs_day)], -1)
     return out.astype(np.float32)
 
 
-def n_inputs(use_calendar: bool, age_inputs: bool = False) -> int:
-    return 2 + (2 if age_inputs else 0) + (N_CALENDAR if use_calendar else 0)
+def n_inputs(use_calendar: bool, age_inputs: bool = False, gap_stats: bool = False) -> int:
+    return 2 + (2 if age_inputs else 0) + (N_GAP_STATS if gap_stats else 0) + (N_CALENDAR if use_calendar else 0)
 
 
 def build_examples(seqs, as_of: str | pd.Timestamp, stats: FeatureStats | None = None, *, use_calendar: bool = True,
-                   age_inputs: bool = False,
+                   age_inputs: bool = False, gap_stats: bool = False,
                    static: pd.DataFrame | None = None, validation_start: str | pd.Timestamp | None = None,
                    ) -> tuple[TimingExamples, FeatureStats]:
     """Turn `EventSequences` (built as of `as_of`) into per-step examples.
+
+    `gap_stats` only counts when `stats` is fitted here; given `stats`, its own `gap_stats` decides.
 
     `validation_start`: score only what happens after that date (given the history before it): steps
     whose gap ended before it get weight 0, the gap spanning it is left-truncated at it. Used for the
@@ -153,7 +194,7 @@ def build_examples(seqs, as_of: str | pd.Timestamp, stats: FeatureStats | None =
     target_gap[last] = as_of_day - abs_day[last]
     target_gap = np.where(is_last, np.maximum(target_gap, 0.0), np.maximum(target_gap, MIN_GAP_DAYS))
     log_amount = np.asarray(seqs.log_amount, dtype=np.float64)
-    stats = stats or FeatureStats.fit(log_amount)
+    stats = stats or FeatureStats.fit(log_amount, gap_stats)
     step = np.arange(len(t)) - first[cust]
     tenure = abs_day - abs_day[first][cust]
     category = np.asarray(seqs.category, dtype=np.int64)
@@ -175,7 +216,8 @@ def build_examples(seqs, as_of: str | pd.Timestamp, stats: FeatureStats | None =
     examples = TimingExamples(
         customer_ids=np.asarray(seqs.customer_ids),
         offsets=offsets,
-        inputs=step_inputs(gap_in, log_amount, step, tenure, abs_day, stats, use_calendar, age_inputs),
+        inputs=step_inputs(gap_in, log_amount, step, tenure, abs_day, stats, use_calendar, age_inputs,
+                           gap_sums(abs_day, offsets) if stats.gap_stats else None),
         category=category,
         target_gap=target_gap.astype(np.float32),
         censored=is_last,

@@ -16,8 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from offerlab.timing.counts import CountHead, count_features
-from offerlab.timing.data import FeatureStats, TimingExamples, build_examples, calendar_features
+from offerlab.timing.counts import CountHead, CountHeads, count_features
+from offerlab.timing.data import (
+    FeatureStats,
+    TimingExamples,
+    build_examples,
+    calendar_features,
+    gap_stat_features,
+    gap_sums,
+)
 from offerlab.timing.distributions import LOG_T_MAX, LOG_T_MIN
 from offerlab.timing.model import TimingModel
 
@@ -35,6 +42,7 @@ class CustomerState:
     log_amount: torch.Tensor  # (N,) raw log-amount of the last purchase
     category: torch.Tensor  # (N,) category of the last purchase
     as_of_day: float
+    gap_sums: torch.Tensor | None = None  # (N, 4) running gap sums at the last purchase (data.gap_sums)
 
 
 class TimingPredictor:
@@ -42,7 +50,7 @@ class TimingPredictor:
 
     def __init__(self, models: list[TimingModel], stats: FeatureStats, categories: list[str], same_day: str,
                  use_calendar: bool, batch_events: int = 65536, age_inputs: bool = False,
-                 count_head: CountHead | None = None):
+                 count_head: CountHead | CountHeads | None = None):
         self.models = [m.eval() for m in models]
         self.count_head = count_head  # closed-form long-horizon counts (see counts.py); None = simulate
         self.stats = stats
@@ -95,6 +103,7 @@ class TimingPredictor:
             log_amount=torch.from_numpy(log_amount[last_ix]),
             category=torch.from_numpy(ex.category[last_ix]),
             as_of_day=ex.as_of_day,
+            gap_sums=torch.from_numpy(gap_sums(ex.abs_day, ex.offsets)[last_ix]) if self.stats.gap_stats else None,
         )
 
     # -- closed-form answers ---------------------------------------------------------------------------
@@ -206,6 +215,7 @@ class TimingPredictor:
         gap = gap + state.elapsed[rows].double()  # gap measured from the last purchase
         step, tenure = state.step[rows].double(), state.tenure[rows].double()
         log_amount, category = state.log_amount[rows].double(), state.category[rows]
+        sums = state.gap_sums[rows].double() if state.gap_sums is not None else None
         for _ in range(max_steps):  # loop over simulated purchases (depth), vectorised over all samples
             t_event = t_now + gap
             alive = t_event <= horizon
@@ -214,12 +224,15 @@ class TimingPredictor:
             keep = alive.nonzero().squeeze(1)
             sample_pos, rows, h, t_event, gap = sample_pos[keep], rows[keep], h[keep], t_event[keep], gap[keep]
             step, tenure, log_amount, category = step[keep] + 1, tenure[keep] + gap, log_amount[keep], category[keep]
+            if sums is not None:  # the simulated purchase closes a gap: update the running sums
+                lg = torch.log1p(gap)
+                sums = sums[keep] + torch.stack([torch.ones_like(gap), lg, lg**2, gap], -1)
             counts[sample_pos] += 1
             if self.categories:
                 probs = torch.softmax(model.category_logits(h), -1)
                 category = torch.multinomial(probs, 1, generator=gen).squeeze(1) + 1
             abs_day = state.as_of_day + t_event
-            x = self._step_inputs(gap, log_amount, step, tenure, abs_day)
+            x = self._step_inputs(gap, log_amount, step, tenure, abs_day, sums)
             _, h_new = model.gru(model.step_features(x, category).unsqueeze(1), h.unsqueeze(0))
             h = h_new.squeeze(0)
             gap = model.gap_distribution(h).sample(generator=gen).double()
@@ -227,11 +240,13 @@ class TimingPredictor:
         return counts.reshape(len(idx), s)
 
     def _step_inputs(self, gap: torch.Tensor, log_amount: torch.Tensor, step: torch.Tensor, tenure: torch.Tensor,
-                     abs_day: torch.Tensor) -> torch.Tensor:
+                     abs_day: torch.Tensor, sums: torch.Tensor | None = None) -> torch.Tensor:
         cols = [torch.log1p(gap), (log_amount - self.stats.amount_mean) / self.stats.amount_std]
         if self.age_inputs:
             cols += [torch.log1p(step), torch.log1p(tenure)]
         x = torch.stack(cols, -1)
+        if self.stats.gap_stats:
+            x = torch.cat([x, gap_stat_features(sums)], -1)
         if self.use_calendar:
             x = torch.cat([x, calendar_features(abs_day)], -1)
         return x.float()
@@ -270,6 +285,25 @@ class TimingPredictor:
         return out
 
 
+def _head_blob(head: CountHead | CountHeads | None) -> dict | list | None:
+    """A count head (or a list, one per member of `CountHeads`) as plain sizes and weights."""
+    if isinstance(head, CountHeads):
+        return [_head_blob(h) for h in head.heads]
+    if head is None:
+        return None
+    return {"n_features": head.net[0].in_features, "hidden": head.net[0].out_features, "state_dict": head.state_dict()}
+
+
+def _head_from_blob(blob: dict | list | None) -> CountHead | CountHeads | None:
+    if isinstance(blob, list):
+        return CountHeads([_head_from_blob(b) for b in blob]).eval()
+    if blob is None:
+        return None
+    head = CountHead(blob["n_features"], blob["hidden"])
+    head.load_state_dict(blob["state_dict"])
+    return head.eval()
+
+
 def save_predictor(predictor: TimingPredictor, path: str | Path) -> Path:
     """One torch file with every member's weights and hyper-parameters and the preprocessing."""
     path = Path(path)
@@ -277,9 +311,7 @@ def save_predictor(predictor: TimingPredictor, path: str | Path) -> Path:
         "members": [{"hparams": dict(m.hparams), "state_dict": m.state_dict()} for m in predictor.models],
         "stats": vars(predictor.stats), "categories": predictor.categories, "same_day": predictor.same_day,
         "use_calendar": predictor.use_calendar, "age_inputs": predictor.age_inputs,
-        "count_head": None if predictor.count_head is None else {
-            "n_features": predictor.count_head.net[0].in_features, "hidden": predictor.count_head.net[0].out_features,
-            "state_dict": predictor.count_head.state_dict()},
+        "count_head": _head_blob(predictor.count_head),
     }, path)
     return path
 
@@ -292,10 +324,6 @@ def load_predictor(path: str | Path) -> TimingPredictor:
         m = TimingModel(**member["hparams"])
         m.load_state_dict(member["state_dict"])
         models.append(m.eval())
-    head = None
-    if blob.get("count_head") is not None:
-        head = CountHead(blob["count_head"]["n_features"], blob["count_head"]["hidden"])
-        head.load_state_dict(blob["count_head"]["state_dict"])
-        head.eval()
+    head = _head_from_blob(blob.get("count_head"))
     return TimingPredictor(models, FeatureStats(**blob["stats"]), blob["categories"], blob["same_day"],
                            blob["use_calendar"], age_inputs=blob.get("age_inputs", False), count_head=head)

@@ -67,6 +67,7 @@ class ModelConfig(_Strict):
     cure: bool = True
     use_calendar: bool = False
     age_inputs: bool = Field(False, description="log step index and tenure as inputs (extrapolate badly)")
+    gap_stats: bool = Field(False, description="running mean / sd of the customer's own log gaps as inputs")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -99,6 +100,7 @@ class CountsConfig(_Strict):
     hidden: int = Field(16, ge=2)
     steps: int = Field(250, ge=1)
     lr: float = Field(2e-2, gt=0)
+    members: int = Field(1, ge=1, description="independently seeded heads whose answers are averaged")
 
 
 class TrainerConfig(BaseModel):
@@ -199,7 +201,7 @@ def _new_model(cfg: TimingConfig, ex: TimingExamples, stats: FeatureStats) -> Ti
     log_gaps = np.log(ex.target_gap[obs]) if obs.any() else np.array([3.0])
     m = cfg.model
     return TimingModel(
-        n_inputs=n_inputs(m.use_calendar, m.age_inputs), n_categories=ex.n_categories,
+        n_inputs=n_inputs(m.use_calendar, m.age_inputs, stats.gap_stats), n_categories=ex.n_categories,
         n_static=0 if ex.static is None else ex.static.shape[1], hidden=m.hidden, n_components=m.n_components,
         category_dim=m.category_dim, cure=m.cure, lr=m.lr, weight_decay=m.weight_decay,
         category_weight=m.category_weight, log_gap_mean=float(np.mean(log_gaps)),
@@ -225,7 +227,7 @@ def fit_timing(transactions: pd.DataFrame, cutoff: str | pd.Timestamp, cfg: Timi
     seqs_full = build_sequences(transactions, as_of, same_day=same_day)
     categories = list(seqs_full.categories)
     use_cal = cfg.model.use_calendar
-    kw = {"use_calendar": use_cal, "age_inputs": cfg.model.age_inputs}
+    kw = {"use_calendar": use_cal, "age_inputs": cfg.model.age_inputs, "gap_stats": cfg.model.gap_stats}
     ex_full, stats = build_examples(seqs_full, as_of, **kw)
     ex_train, ex_val = ex_full, None
     if cfg.training.validation_days > 0:
@@ -270,8 +272,9 @@ def fit_timing(transactions: pd.DataFrame, cutoff: str | pd.Timestamp, cfg: Timi
     c = cfg.counts
     if c.enabled:
         calib = transactions[transactions["timestamp"] <= as_of]
-        predictor.count_head, head_info = fit_count_head(predictor, calib, as_of, c.windows, c.hidden, c.steps, c.lr,
-                                                         seed=cfg.training.seeds[0] if cfg.training.seeds else 0)
+        predictor.count_head, head_info = fit_count_head(
+            predictor, calib, as_of, c.windows, c.hidden, c.steps, c.lr, members=c.members,
+            seed=cfg.training.seeds[0] if cfg.training.seeds else 0)
         info.update(head_info)
     return predictor, info
 
