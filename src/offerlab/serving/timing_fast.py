@@ -4,10 +4,8 @@ Why: for one customer the library path (`TimingPredictor`) is dominated by fixed
 arithmetic: building a transactions frame and factorising it, then ~40 small torch evaluations of the
 log-normal mixture (three horizons, five count-head horizons, the drop-out belief, and a 24-step
 bisection per quantile, each once per ensemble member). Here the histories go straight from request
-arrays into the sequence builder's numpy core, each member's mixture parameters are taken once
-(float64 numpy), and every question is a vectorised evaluation of those parameters: the quantiles by
-a two-level grid over log-time with linear interpolation (1/63^2 of the log-time range between grid
-points, then interpolated; the bisection resolved 2^-24 of it, both far below a day). The count head
+arrays into the sequence builder's numpy core, and every question is a vectorised evaluation of each
+member's mixture parameters, taken once (`offerlab.timing.mixture.EnsembleMixture`). The count head
 gets its inputs from the library's own `count_features`, fed these probabilities.
 tests/test_serving_timing_fast.py checks every answer against the library path.
 """
@@ -17,18 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import log_ndtr
 
 from offerlab.data.sequences import sequences_from_arrays
 from offerlab.serving.fastpath import HistoryArrays, category_codes
-
-GRID = 64  # points per level of the quantile grid
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    m = x.max(-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return np.log(np.exp(x - m).sum(-1)) + m[..., 0]
+from offerlab.timing.mixture import EnsembleMixture
 
 
 def timing_state(predictor, h: HistoryArrays):
@@ -49,71 +39,15 @@ def timing_state(predictor, h: HistoryArrays):
         return predictor.encode_examples(ex, np.asarray(seqs.log_amount, dtype=np.float64))
 
 
-class MixtureAnswers:
-    """Every member's next-gap mixture for a batch as numpy arrays; answers are ensemble means.
+class MixtureAnswers(EnsembleMixture):
+    """`EnsembleMixture` of a serving batch, plus the expected count, whose head reads these probabilities.
 
     Quacks like the `TimingPredictor` methods `count_features` uses (`stats`, `prob_within`, `prob_never`).
     """
 
     def __init__(self, predictor, state) -> None:
+        super().__init__(predictor, state)
         self.predictor, self.state, self.stats = predictor, state, predictor.stats
-        self.elapsed = state.elapsed.double().numpy()
-        self.params = []
-        with torch.inference_mode():
-            for i, m in enumerate(predictor.models):
-                d = m.gap_distribution(state.h[i])
-                self.params.append(tuple(x.double().numpy() for x in
-                                         (d.log_w, d.mu, d.sigma, d.log_p_never, d.log_p_event)))
-        self.log_s0 = [self._log_survival(j, self.elapsed) for j in range(len(self.params))]
-        self._within: dict[float, np.ndarray] = {}
-
-    def precompute(self, horizons: tuple[float, ...]) -> None:
-        """P(purchase within k days) for every k in `horizons` in one evaluation (later `prob_within` reads it)."""
-        ks = np.asarray(horizons, dtype=np.float64)
-        cdf = self.cond_cdf(np.broadcast_to(ks, (len(self.elapsed), len(ks))))
-        self._within.update({float(k): cdf[:, j] for j, k in enumerate(ks)})
-
-    def _log_survival(self, j: int, t: np.ndarray) -> np.ndarray:
-        """log P(no purchase within t days of the last one) of member j; t is (N,) or (N, ...)."""
-        log_w, mu, sigma, log_never, log_event = self.params[j]
-        lead = (slice(None),) + (None,) * (t.ndim - 1)
-        z = (np.log(np.maximum(t, 1e-30))[..., None] - mu[lead]) / sigma[lead]
-        return np.logaddexp(log_never[lead], log_event[lead] + _logsumexp(log_w[lead] + log_ndtr(-z)))
-
-    def cond_cdf(self, after: np.ndarray) -> np.ndarray:
-        """P(a purchase within `after` days of the as-of instant | none since the last one); (N, ...)."""
-        e = self.elapsed.reshape((-1,) + (1,) * (after.ndim - 1))
-        parts = [-np.expm1(self._log_survival(j, e + after) - s0.reshape(e.shape))
-                 for j, s0 in enumerate(self.log_s0)]
-        return np.mean(parts, axis=0)
-
-    def prob_within(self, state, k: float) -> np.ndarray:  # noqa: ARG002 - the predictor's signature
-        if float(k) not in self._within:
-            self.precompute((float(k),))
-        return self._within[float(k)]
-
-    def prob_never(self, state) -> np.ndarray:  # noqa: ARG002 - the predictor's signature
-        return np.mean([np.exp(p[3] - s0) for p, s0 in zip(self.params, self.log_s0, strict=True)], axis=0)
-
-    def quantiles(self, qs: tuple[float, ...]) -> np.ndarray:
-        """Days from the as-of instant to the next purchase at levels `qs` (N, Q); inf where out of reach."""
-        from offerlab.timing.distributions import LOG_T_MAX, LOG_T_MIN
-
-        n, q = len(self.elapsed), np.asarray(qs, dtype=np.float64)
-        # coarse: one grid over the whole range, shared by every level (its last point is the ceiling)
-        grid = np.broadcast_to(np.linspace(LOG_T_MIN, LOG_T_MAX, GRID), (n, 1, GRID))
-        cdf = self.cond_cdf(np.exp(grid))
-        ceiling = cdf[:, 0, -1]
-        for fine in (False, True):  # then a fine grid inside each level's bracket
-            k = np.clip((cdf < q[None, :, None]).sum(-1) - 1, 0, GRID - 2)  # last grid point below the level
-            c0, c1 = (np.take_along_axis(cdf, (k + d)[..., None], -1)[..., 0] for d in (0, 1))
-            lo, hi = (np.take_along_axis(grid, (k + d)[..., None], -1)[..., 0] for d in (0, 1))
-            if not fine:
-                grid = lo[..., None] + (hi - lo)[..., None] * np.linspace(0.0, 1.0, GRID)  # (N, Q, G)
-                cdf = self.cond_cdf(np.exp(grid))
-        w = np.clip((q - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0, 1.0)
-        t = np.exp(lo + w * (hi - lo))
-        return np.where(ceiling[:, None] < q[None, :], np.inf, t)
 
     def expected_counts(self, horizon: float, n_samples: int) -> np.ndarray:
         """The count head's closed form on inputs built from these probabilities; else the library's simulation."""

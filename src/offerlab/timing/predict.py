@@ -25,7 +25,6 @@ from offerlab.timing.data import (
     gap_stat_features,
     gap_sums,
 )
-from offerlab.timing.distributions import LOG_T_MAX, LOG_T_MIN
 from offerlab.timing.model import TimingModel
 
 
@@ -121,31 +120,15 @@ class TimingPredictor:
               for i, m in enumerate(self.models)]
         return torch.stack(ps).mean(0).numpy()
 
-    @torch.no_grad()
-    def quantiles(self, state: CustomerState, qs: tuple[float, ...] = (0.1, 0.5, 0.9), iters: int = 40) -> np.ndarray:
+    def quantiles(self, state: CustomerState, qs: tuple[float, ...] = (0.1, 0.5, 0.9)) -> np.ndarray:
         """Days from the as-of date to the next purchase at levels `qs` (N, len(qs)); inf = maybe never.
 
-        Bisection in log-time on the ensemble's conditional cdf (the mean of the members' cdfs).
+        Levels of the ensemble's conditional cdf (the mean of the members' cdfs), by a two-level grid over
+        log-time (`offerlab.timing.mixture`).
         """
-        dists = [m.gap_distribution(state.h[i]) for i, m in enumerate(self.models)]
-        log_s0 = [d.log_survival(state.elapsed) for d in dists]
-        dists = [d.unsqueeze() for d in dists]
-        q = torch.tensor(qs, dtype=torch.float32)[None, :]
+        from offerlab.timing.mixture import EnsembleMixture
 
-        def cond_cdf(t: torch.Tensor) -> torch.Tensor:  # (N, Q)
-            e = state.elapsed[:, None] + t
-            return torch.stack([-torch.expm1(d.log_survival(e) - s0[:, None])
-                                for d, s0 in zip(dists, log_s0, strict=True)]).mean(0)
-
-        ceiling = cond_cdf(torch.full((len(state.elapsed), 1), float(np.exp(LOG_T_MAX))))
-        lo = torch.full((len(state.elapsed), len(qs)), LOG_T_MIN)
-        hi = torch.full_like(lo, LOG_T_MAX)
-        for _ in range(iters):  # fixed iterations over all customers and levels at once
-            mid = 0.5 * (lo + hi)
-            below = cond_cdf(mid.exp()) < q
-            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-        t = (0.5 * (lo + hi)).exp()
-        return torch.where(ceiling < q, torch.full_like(t, float("inf")), t).numpy()
+        return EnsembleMixture(self, state).quantiles(qs)
 
     @torch.no_grad()
     def category_probs(self, state: CustomerState) -> np.ndarray | None:
