@@ -421,6 +421,18 @@ def _history_sums(ev: dict, app: np.ndarray, pos: np.ndarray, spend_signal: np.n
     }
 
 
+
+def _log_shape_prior(n_grid: int, app_channel: np.ndarray, age_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(grid of log shape, log prior mass per row and grid point): the generator's clipped normal on log
+    shape, its tails as point masses at the clip bounds (shared by the credit and campaign oracles)."""
+    lo, hi = np.log(SHAPE_MIN), np.log(SHAPE_MAX)
+    grid = np.linspace(lo, hi, n_grid)
+    mu_k = np.log(2.0) + LOG_K_APP * app_channel + LOG_K_AGE * age_c
+    log_w = stats.norm.logpdf(grid[None, :], mu_k[:, None], LOG_K_SD) + np.log(grid[1] - grid[0])
+    log_w[:, 0] = np.logaddexp(log_w[:, 0], stats.norm.logcdf(lo, mu_k, LOG_K_SD))
+    log_w[:, -1] = np.logaddexp(log_w[:, -1], stats.norm.logsf(hi, mu_k, LOG_K_SD))
+    return grid, log_w
+
 def _log_shape_posterior(hist: dict, app_channel: np.ndarray, age_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(grid of log shape, posterior weights per applicant) given the gaps before applied_at.
 
@@ -428,12 +440,7 @@ def _log_shape_posterior(hist: dict, app_channel: np.ndarray, age_c: np.ndarray)
     likelihood: gamma gaps with the mean gap integrated over its lognormal prior (adaptive Gauss-Hermite;
     the generator's clip of the mean gap to [4, 240] days is ignored: it binds 4 prior sds out).
     """
-    lo, hi = np.log(SHAPE_MIN), np.log(SHAPE_MAX)
-    grid = np.linspace(lo, hi, N_SHAPE_GRID)
-    mu_k = np.log(2.0) + LOG_K_APP * app_channel + LOG_K_AGE * age_c
-    log_w = stats.norm.logpdf(grid[None, :], mu_k[:, None], LOG_K_SD) + np.log(grid[1] - grid[0])
-    log_w[:, 0] = np.logaddexp(log_w[:, 0], stats.norm.logcdf(lo, mu_k, LOG_K_SD))
-    log_w[:, -1] = np.logaddexp(log_w[:, -1], stats.norm.logsf(hi, mu_k, LOG_K_SD))
+    grid, log_w = _log_shape_prior(N_SHAPE_GRID, app_channel, age_c)
     x, wq = np.polynomial.hermite_e.hermegauss(N_GAP_NODES)
     log_wq = np.log(wq / wq.sum())[None, :]
     mu_g = (np.log(GAP_MEAN) + GAP_APP * app_channel + GAP_AGE * age_c)[:, None]
@@ -895,12 +902,7 @@ def _activity_posterior(h: dict, app: np.ndarray, age_c: np.ndarray, channel: np
     then either dropped out or the next gap exceeds the open one. Returns per customer the probability mass
     of act = P(purchase within the campaign window | alive, open gap) in `N_ACT_BINS` bins (mass, mean act)
     plus the dead mass (act 0, dead), and the posterior mean of the standardised log shape."""
-    lo, hi = np.log(SHAPE_MIN), np.log(SHAPE_MAX)
-    grid = np.linspace(lo, hi, N_SHAPE_GRID // 2)
-    mu_k = np.log(2.0) + LOG_K_APP * app + LOG_K_AGE * age_c
-    log_prior = stats.norm.logpdf(grid[None, :], mu_k[:, None], LOG_K_SD) + np.log(grid[1] - grid[0])
-    log_prior[:, 0] = np.logaddexp(log_prior[:, 0], stats.norm.logcdf(lo, mu_k, LOG_K_SD))
-    log_prior[:, -1] = np.logaddexp(log_prior[:, -1], stats.norm.logsf(hi, mu_k, LOG_K_SD))
+    grid, log_prior = _log_shape_prior(N_SHAPE_GRID // 2, app, age_c)
     x, wq = np.polynomial.hermite_e.hermegauss(N_GAP_NODES)
     log_wq = np.log(wq / wq.sum())[None, :]
     mu_g = (np.log(GAP_MEAN) + GAP_APP * app + GAP_AGE * age_c)[:, None]
