@@ -142,7 +142,8 @@ class TimingAdapter:
         """
         import torch
 
-        from offerlab.serving.timing_fast import MixtureAnswers, count_horizons, timing_state
+        from offerlab.serving.timing_fast import MixtureAnswers, timing_state
+        from offerlab.timing.counts import TPP_HORIZONS
 
         self.validate(reqs)
         t0 = time.perf_counter()
@@ -150,7 +151,7 @@ class TimingAdapter:
         as_of = [r.answer_time() for r in reqs]
         state = timing_state(p, histories(reqs))
         mix = MixtureAnswers(p, state)
-        mix.precompute((7.0, 30.0, 90.0, *count_horizons()))
+        mix.precompute((7.0, 30.0, 90.0, *TPP_HORIZONS))  # the answers' horizons and the count head's
         within = {k: mix.prob_within(state, k) for k in (7.0, 30.0, 90.0)}
         qs = mix.quantiles((0.1, 0.5, 0.9))
         counts = mix.expected_counts(90.0, self.n_samples)

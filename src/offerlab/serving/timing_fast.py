@@ -60,9 +60,3 @@ class MixtureAnswers(EnsembleMixture):
             x = torch.from_numpy(count_features(self, self.state))
             return head.expected_count(x, float(horizon)).double().numpy()
 
-
-def count_horizons() -> tuple[float, ...]:
-    """The horizons the count head reads P(purchase within) at (none when the library has no such list)."""
-    from offerlab.timing import counts
-
-    return tuple(getattr(counts, "TPP_HORIZONS", ()))
