@@ -51,6 +51,9 @@ MAX_BATCH = int(os.environ.get("OFFERLAB_MAX_BATCH", 64))
 MAX_LATENCY_MS = int(os.environ.get("OFFERLAB_MAX_LATENCY_MS", 1000))
 BATCH = {"batchable": True, "max_batch_size": MAX_BATCH, "max_latency_ms": MAX_LATENCY_MS}
 SERVICE = {"workers": 1, "traffic": {"timeout": 30}}
+# how long a call that reaches a worker still loading its models waits for them before a 503: with several
+# workers, /readyz is answered by whichever worker gets it, so a ready answer does not mean every worker is
+READY_WAIT_S = float(os.environ.get("OFFERLAB_READY_WAIT_S", 25))
 
 
 class _ModelService:
@@ -89,7 +92,7 @@ class _ModelService:
         return self.adapter is not None
 
     def _ready_adapter(self):
-        if self.adapter is None:
+        if self.adapter is None and not self.wait_ready(READY_WAIT_S):
             raise ServiceUnavailable(self.error or f"the {self.family} model is still loading")
         return self.adapter
 
@@ -264,14 +267,26 @@ class OffersLocal:
         return _joined(requests, timing.predict(t), discount.predict(d), credit_idx,
                        credit.predict(c) if c else [], combine=sum)  # one thread: the parts add up
 
+    async def _until_ready(self) -> None:
+        """Hold a call that reached this worker before its models (up to `READY_WAIT_S`), then 503.
+
+        Why: `OffersLocal` runs several worker processes on one port, and `/readyz` is answered by
+        whichever worker the connection lands on, so "ready" can come from one while another is still
+        loading; a call routed to the late one would otherwise fail though the service said ready.
+        """
+        if not self.__is_ready__() and not await asyncio.to_thread(self.wait_ready, READY_WAIT_S):
+            raise Overloaded()
+
     @bentoml.api
     async def offers(self, request: OffersRequest, /, ctx: bentoml.Context) -> OffersAnswer:
         """All three offers for one customer; header `x-model-ms` = model compute time."""
+        await self._until_ready()
         return _with_model_ms(await self.batcher.submit(request), ctx)
 
     @bentoml.api
     async def offers_batch(self, requests: list[OffersRequest], /) -> list[OffersAnswer]:
         """All three offers for many customers in one request (one model call per family)."""
+        await self._until_ready()
         return await asyncio.to_thread(self._compute, requests) if requests else []
 
 

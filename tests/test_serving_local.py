@@ -90,3 +90,35 @@ def test_local_bad_request_fails_alone_naming_the_field(local, serving_models): 
 
 def test_empty_batch_is_an_empty_answer(local):
     assert asyncio.run(local.offers_batch([])) == []
+
+
+def test_a_call_reaching_a_worker_still_loading_waits_for_its_models(serving_models, monkeypatch):  # noqa: F811
+    """Several workers share a port, so /readyz may come from a ready one while this one still loads:
+    its calls are held until the models are there (CI once saw a 503 here), and past the wait a 503."""
+    import serving.service as service
+    from serving.service import OffersLocal, Timing
+
+    gate = threading.Event()
+    load = Timing.inner.loader
+
+    def slow_load(uri):
+        gate.wait(30)
+        return load(uri)
+
+    monkeypatch.setattr(Timing.inner, "loader", staticmethod(slow_load))
+    svc = OffersLocal()
+    req = OffersRequest.model_validate(serving_models.offers_request(n=5))
+
+    async def call_while_loading():
+        monkeypatch.setattr(service, "READY_WAIT_S", 0.2)
+        with pytest.raises(Overloaded):  # the wait is bounded: a clear 503 (OverloadMiddleware), not a hang
+            await svc.offers_batch([req])
+        monkeypatch.setattr(service, "READY_WAIT_S", 60.0)
+        pending = asyncio.ensure_future(svc.offers_batch([req]))
+        await asyncio.sleep(0.3)
+        assert not pending.done() and not svc.__is_ready__()
+        gate.set()
+        return await pending
+
+    (answer,) = asyncio.run(call_while_loading())
+    assert answer.customer_id == "c-test" and answer.credit is not None and svc.__is_ready__()
