@@ -79,3 +79,30 @@ def test_killed_study_resumes_with_same_command(tmp_path, mlflow_store):
     assert len(finished) == 4
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert (tmp_path / "b.yaml").exists()
+
+
+def test_a_pruned_trial_run_is_tagged_and_killed_not_failed(mlflow_store):
+    """A trial the pruner stopped is an MLflow run with status KILLED and trial_state 'pruned' (the context
+    that closed on TrialPruned had marked it FAILED, as if it had crashed); a finished one is 'complete'."""
+    from types import SimpleNamespace
+
+    from offerlab.tune_job import PRUNED_TAG, make_objective
+
+    from offerlab import tracking
+
+    def objective(cfg: dict, callbacks: list):
+        with tracking.start_run("timing", "trial") as run:
+            mlflow.log_metric("val_loss", 1.0)
+            if cfg["prune"]:
+                raise optuna.TrialPruned()
+        return 0.5, run.info.run_id
+
+    module = SimpleNamespace(METRIC=("val_loss", "minimize"), PRUNE_ON="val_loss", objective=objective)
+    space = tuning.SearchSpace.model_validate(TOY_SPACE)
+    wrapped = make_objective("timing", module, space, "s")
+    assert wrapped({"prune": False}, []) == 0.5
+    with pytest.raises(optuna.TrialPruned):
+        wrapped({"prune": True}, [])
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time"])
+    states = {r.data.tags.get(PRUNED_TAG): r.info.status for r in runs}
+    assert len(runs) == 2 and states == {"complete": "FINISHED", "pruned": "KILLED"}

@@ -97,7 +97,10 @@ def make_objective(family: str, module: ModuleType, space, study_name: str):
         except optuna.TrialPruned:
             last = mlflow.last_active_run()
             if last is not None and (before is None or last.info.run_id != before.info.run_id):
-                mlflow.MlflowClient().set_tag(last.info.run_id, PRUNED_TAG, "pruned")
+                client = mlflow.MlflowClient()
+                client.set_tag(last.info.run_id, PRUNED_TAG, "pruned")
+                # the run context closed on the TrialPruned exception and marked the run FAILED: it was stopped
+                client.set_terminated(last.info.run_id, status="KILLED")
             raise
         client = mlflow.MlflowClient()
         client.log_metric(run_id, metric, float(value))
