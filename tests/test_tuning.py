@@ -86,9 +86,8 @@ def test_a_pruned_trial_run_is_tagged_and_killed_not_failed(mlflow_store):
     that closed on TrialPruned had marked it FAILED, as if it had crashed); a finished one is 'complete'."""
     from types import SimpleNamespace
 
-    from offerlab.tune_job import PRUNED_TAG, make_objective
-
     from offerlab import tracking
+    from offerlab.tune_job import PRUNED_TAG, make_objective
 
     def objective(cfg: dict, callbacks: list):
         with tracking.start_run("timing", "trial") as run:
