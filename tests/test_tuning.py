@@ -105,3 +105,14 @@ def test_a_pruned_trial_run_is_tagged_and_killed_not_failed(mlflow_store):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time"])
     states = {r.data.tags.get(PRUNED_TAG): r.info.status for r in runs}
     assert len(runs) == 2 and states == {"complete": "FINISHED", "pruned": "KILLED"}
+
+
+def test_only_the_worker_that_creates_a_study_enqueues_the_base_trial(tmp_path, mlflow_store):
+    """Workers started together race to open a fresh study; the storage lets one create it, and only that
+    one enqueues the base config, so it is trial 0 once (before, each worker that saw no trials added it)."""
+    storage = f"sqlite:///{tmp_path}/study.db"
+    optuna.create_study(study_name="race", storage=storage)  # another worker created it, has not enqueued yet
+    tuning.run_study("timing", TOY_CONFIG, space(), toy_objective, trials=1, storage=storage,
+                     study_name="race", out_path=tmp_path / "b.yaml", show_progress=False)
+    base = {"model.hidden": 8, "model.lr": 0.01}
+    assert [t.params == base for t in optuna.load_study(study_name="race", storage=storage).trials] == [False]

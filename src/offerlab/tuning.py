@@ -234,12 +234,17 @@ def run_study(
 
     for name in space.params:  # refuse a search space that does not fit the config before any work
         set_dotted(copy.deepcopy(base_config), name, None)
-    study = optuna.create_study(
-        study_name=study_name, storage=make_storage(storage), direction=space.direction,
-        sampler=_sampler(space.sampler), pruner=_pruner(space.pruner), load_if_exists=True,
-    )
+    store = make_storage(storage)
+    settings = {"study_name": study_name, "storage": store, "sampler": _sampler(space.sampler),
+                "pruner": _pruner(space.pruner)}
+    try:  # the storage refuses a second study of one name, so exactly one of several workers starting together creates it
+        study = optuna.create_study(direction=space.direction, **settings)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**settings)
+        created = False
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    if not study.get_trials(deepcopy=False):  # a new study: trial 0 is the base config, the value to beat
+    if created:  # a new study: trial 0 is the base config, the value to beat (enqueued by its creator only)
         study.enqueue_trial(base_params(base_config, space), skip_if_exists=True)
 
     parent_id = _parent_run(family, study_name, space, base_config)
