@@ -207,14 +207,14 @@ def test_unseen_category_and_no_category_column(tx):
 
 def test_segment_cumsum_grid_and_grouped_paths_agree():
     """The serving-size grid path and the grouped path give the same per-customer running sums."""
-    from offerlab.data.features import _segment_cumsum
+    from offerlab.data.features import segment_cumsum
 
     rng = np.random.default_rng(0)
     counts = rng.integers(1, 60, size=200)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     code = np.repeat(np.arange(200), counts)
     x = rng.gamma(2.0, 30.0, size=(len(code), 2))
-    grid = _segment_cumsum(x, code, offsets, counts)  # 200 x 59 cells <= 4 x events: the grid path
+    grid = segment_cumsum(x, code, offsets, counts)  # 200 x 59 cells <= 4 x events: the grid path
     want = [np.concatenate([np.cumsum(x[a:b, j]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
             for j in range(2)]
     for j in range(2):
@@ -224,6 +224,6 @@ def test_segment_cumsum_grid_and_grouped_paths_agree():
     off2 = np.concatenate([[0], np.cumsum(skewed)])
     code2 = np.repeat(np.arange(200), skewed)
     x2 = rng.gamma(2.0, 30.0, size=(len(code2), 2))
-    grouped = _segment_cumsum(x2, code2, off2, skewed)
+    grouped = segment_cumsum(x2, code2, off2, skewed)
     np.testing.assert_allclose(grouped[0][:5000], np.cumsum(x2[:5000, 0]), rtol=1e-13)
     np.testing.assert_allclose(grouped[1][5000:5000 + skewed[1]], np.cumsum(x2[5000:5000 + skewed[1], 1]), rtol=1e-13)

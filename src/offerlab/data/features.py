@@ -60,7 +60,7 @@ def _cumsum0(x: np.ndarray, dtype: type = np.int64) -> np.ndarray:
     return out
 
 
-def _segment_cumsum(x: np.ndarray, code_s: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+def segment_cumsum(x: np.ndarray, code_s: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """Per-customer running sums of each column of `x` (events sorted by customer), restarting per customer.
 
     Float64 sums within each customer only, so a value never depends on other customers. Few customers
@@ -124,7 +124,7 @@ def _features_core(
     k_cust = np.zeros(n_cust)
     k_cust[counts > 0] = k0
     shifted = amt_s - k_cust[code_s]
-    cum_amt, cum_sq = _segment_cumsum(np.stack([amt_s, shifted * shifted], 1), code_s, offsets, counts)
+    cum_amt, cum_sq = segment_cumsum(np.stack([amt_s, shifted * shifted], 1), code_s, offsets, counts)
     del shifted
 
     # anchor look-ups, in (customer, time) order: sorted queries make np.searchsorted cache-friendly

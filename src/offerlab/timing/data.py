@@ -34,18 +34,20 @@ def as_of_days(as_of: str | pd.Timestamp) -> float:
 
 
 def gap_sums(abs_day: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(n_events, 4) running sums over each customer's gaps so far: count, sum log1p(gap), its square, sum gap."""
-    n = len(offsets) - 1
+    """(n_events, 4) running sums over each customer's gaps so far: count, sum log1p(gap), its square, sum gap.
+
+    Summed within each customer only (`segment_cumsum`), so a customer's sums never depend on the others
+    in the batch (serving scores a few customers at a time, training all of them at once).
+    """
+    from offerlab.data.features import segment_cumsum
+
     lengths = np.diff(offsets)
-    first = offsets[:-1]
-    cust = np.repeat(np.arange(n), lengths)
+    cust = np.repeat(np.arange(len(lengths)), lengths)
     gap = np.maximum(np.diff(abs_day, prepend=abs_day[:1] if len(abs_day) else abs_day), 0.0)
-    gap[first[lengths > 0]] = 0.0
     lg = np.log1p(gap)
     x = np.stack([np.ones_like(gap), lg, lg**2, gap], -1)
-    x[first[lengths > 0]] = 0.0  # the first purchase closes no gap
-    cs = np.cumsum(x, 0)
-    return cs - cs[first][cust] if len(cust) else cs  # segmented: x at each first event is 0
+    x[offsets[:-1][lengths > 0]] = 0.0  # the first purchase closes no gap
+    return np.stack(segment_cumsum(x, cust, offsets, lengths), -1)
 
 
 def gap_stat_features(sums: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
