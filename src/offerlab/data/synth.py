@@ -421,7 +421,6 @@ def _history_sums(ev: dict, app: np.ndarray, pos: np.ndarray, spend_signal: np.n
     }
 
 
-
 def _log_shape_prior(n_grid: int, app_channel: np.ndarray, age_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(grid of log shape, log prior mass per row and grid point): the generator's clipped normal on log
     shape, its tails as point masses at the clip bounds (shared by the credit and campaign oracles)."""
@@ -433,6 +432,30 @@ def _log_shape_prior(n_grid: int, app_channel: np.ndarray, age_c: np.ndarray) ->
     log_w[:, -1] = np.logaddexp(log_w[:, -1], stats.norm.logsf(hi, mu_k, LOG_K_SD))
     return grid, log_w
 
+
+def _gap_setup(hist: dict, app_channel: np.ndarray, age_c: np.ndarray) -> dict[str, np.ndarray]:
+    """What `_gap_loglik` needs at every grid point: Gauss-Hermite nodes and log weights, the prior mean of the
+    log mean gap, the gap sums (count m, sum, sum of logs) and the likelihood mode of the log mean gap."""
+    x, wq = np.polynomial.hermite_e.hermegauss(N_GAP_NODES)
+    m, sg, slg = (hist[c][:, None] for c in ("m", "gap", "log_gap"))
+    return {"x": x, "log_wq": np.log(wq / wq.sum())[None, :],
+            "mu_g": (np.log(GAP_MEAN) + GAP_APP * app_channel + GAP_AGE * age_c)[:, None],
+            "m": m, "sg": sg, "slg": slg, "u_hat": np.log(np.where(m > 0, sg, 1.0) / np.maximum(m, 1.0))}
+
+
+def _gap_loglik(g: dict, lk: float) -> tuple[np.ndarray, np.ndarray]:
+    """(u, log f) at one log shape `lk`: gamma gaps with the log mean gap u integrated by adaptive
+    Gauss-Hermite, nodes centred on its (normal-approximated) posterior; per customer and node."""
+    k = np.exp(lk)
+    m, sg, slg, mu_g, x = g["m"], g["sg"], g["slg"], g["mu_g"], g["x"]
+    prec = m * k + 1.0 / GAP_SD**2
+    c = (m * k * g["u_hat"] + mu_g / GAP_SD**2) / prec
+    u = c + x[None, :] / np.sqrt(prec)
+    log_f = (m * (k * lk - k * u - special.gammaln(k)) + (k - 1.0) * slg - k * sg * np.exp(-u)
+             - 0.5 * ((u - mu_g) / GAP_SD) ** 2 + 0.5 * x[None, :] ** 2 - 0.5 * np.log(prec * GAP_SD**2))  # fmt: skip
+    return u, log_f
+
+
 def _log_shape_posterior(hist: dict, app_channel: np.ndarray, age_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(grid of log shape, posterior weights per applicant) given the gaps before applied_at.
 
@@ -441,20 +464,10 @@ def _log_shape_posterior(hist: dict, app_channel: np.ndarray, age_c: np.ndarray)
     the generator's clip of the mean gap to [4, 240] days is ignored: it binds 4 prior sds out).
     """
     grid, log_w = _log_shape_prior(N_SHAPE_GRID, app_channel, age_c)
-    x, wq = np.polynomial.hermite_e.hermegauss(N_GAP_NODES)
-    log_wq = np.log(wq / wq.sum())[None, :]
-    mu_g = (np.log(GAP_MEAN) + GAP_APP * app_channel + GAP_AGE * age_c)[:, None]
-    m, sg, slg = (hist[c][:, None] for c in ("m", "gap", "log_gap"))
-    u_hat = np.log(np.where(m > 0, sg, 1.0) / np.maximum(m, 1.0))  # likelihood mode of log(mean gap)
+    g = _gap_setup(hist, app_channel, age_c)
     for j, lk in enumerate(grid):  # a loop over grid points; each step is vectorised over applicants
-        k = np.exp(lk)
-        # adaptive Gauss-Hermite over u = log(mean gap): nodes centred on the (normal-approximated) posterior
-        prec = m * k + 1.0 / GAP_SD**2
-        c = (m * k * u_hat + mu_g / GAP_SD**2) / prec
-        u = c + x[None, :] / np.sqrt(prec)
-        log_f = (m * (k * lk - k * u - special.gammaln(k)) + (k - 1.0) * slg - k * sg * np.exp(-u)
-                 - 0.5 * ((u - mu_g) / GAP_SD) ** 2 + 0.5 * x[None, :] ** 2 - 0.5 * np.log(prec * GAP_SD**2))  # fmt: skip
-        log_w[:, j] += special.logsumexp(log_f + log_wq, axis=1)
+        _, log_f = _gap_loglik(g, lk)
+        log_w[:, j] += special.logsumexp(log_f + g["log_wq"], axis=1)
     return grid, special.softmax(log_w, axis=1)
 
 
@@ -903,20 +916,15 @@ def _activity_posterior(h: dict, app: np.ndarray, age_c: np.ndarray, channel: np
     of act = P(purchase within the campaign window | alive, open gap) in `N_ACT_BINS` bins (mass, mean act)
     plus the dead mass (act 0, dead), and the posterior mean of the standardised log shape."""
     grid, log_prior = _log_shape_prior(N_SHAPE_GRID // 2, app, age_c)
-    x, wq = np.polynomial.hermite_e.hermegauss(N_GAP_NODES)
-    log_wq = np.log(wq / wq.sum())[None, :]
-    mu_g = (np.log(GAP_MEAN) + GAP_APP * app + GAP_AGE * age_c)[:, None]
-    m, sg, slg, e, n = (h[c][:, None] for c in ("m", "gap", "log_gap", "elapsed", "n"))
-    u_hat = np.log(np.where(m > 0, sg, 1.0) / np.maximum(m, 1.0))
+    g = _gap_setup(h, app, age_c)
+    m, log_wq = g["m"], g["log_wq"]
+    e, n = (h[c][:, None] for c in ("elapsed", "n"))
     p = np.clip(stats.beta.ppf((np.arange(N_DROP_NODES) + 0.5) / N_DROP_NODES, 2.0, 32.0)[None, :]
                 * CHANNEL_DROP[channel][:, None], 0.004, 0.6)[:, None, :]  # (n, 1, R)
     log_w, acts, alive, zk_w = [], [], [], []
     for lk, lp in zip(grid, log_prior.T, strict=True):  # a loop over grid points, vectorised over customers
         k = np.exp(lk)
-        prec = m * k + 1.0 / GAP_SD**2
-        u = (m * k * u_hat + mu_g / GAP_SD**2) / prec + x[None, :] / np.sqrt(prec)
-        log_f = (m * (k * lk - k * u - special.gammaln(k)) + (k - 1.0) * slg - k * sg * np.exp(-u)
-                 - 0.5 * ((u - mu_g) / GAP_SD) ** 2 + 0.5 * x[None, :] ** 2 - 0.5 * np.log(prec * GAP_SD**2))  # fmt: skip
+        u, log_f = _gap_loglik(g, lk)
         scale = np.exp(u) / k
         with np.errstate(divide="ignore", invalid="ignore"):  # survival: the regularised upper incomplete gamma
             s = special.gammaincc(k, e / scale)
