@@ -82,17 +82,21 @@ class TrainerConfig(BaseModel):
     num_threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest for these small nets on a busy CPU")
 
 
+def _level_pairs(conv_logits: torch.Tensor, t: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What both direct uplift losses compare, per level l against control: conversion probabilities p (N, L),
+    uplift tau (N, L-1), indicators 1[T=l] (N, L-1) and 1[T=0] (N, 1), and q = e_l / (e_l + e_0)."""
+    p = torch.sigmoid(conv_logits)
+    lv = torch.arange(1, p.shape[1], device=t.device)
+    q = e[:, 1:] / (e[:, 1:] + e[:, :1]).clamp_min(1e-6)
+    return p, p[:, 1:] - p[:, :1], (t[:, None] == lv).float(), (t == 0).float()[:, None], q
+
+
 def transformed_outcome_loss(conv_logits: torch.Tensor, t: torch.Tensor, y: torch.Tensor, e: torch.Tensor
                              ) -> torch.Tensor:
     """Mean squared error of each level's predicted conversion uplift to the transformed outcome
     Z = y (1[T=l] / q - 1[T=0] / (1 - q)), q = e_l / (e_l + e_0), over the rows of level l or control.
     E[Z | x] is the true uplift, so this targets the difference directly instead of two separate fits."""
-    p = torch.sigmoid(conv_logits)
-    tau = p[:, 1:] - p[:, :1]
-    lv = torch.arange(1, p.shape[1], device=t.device)
-    t_l = (t[:, None] == lv).float()
-    t_0 = (t == 0).float()[:, None]
-    q = e[:, 1:] / (e[:, 1:] + e[:, :1]).clamp_min(1e-6)
+    _, tau, t_l, t_0, q = _level_pairs(conv_logits, t, e)
     z = y[:, None] * (t_l / q.clamp_min(1e-3) - t_0 / (1 - q).clamp_min(1e-3))
     pair = t_l + t_0
     return ((pair * (tau - z) ** 2).sum(dim=0) / pair.sum(dim=0).clamp_min(1.0)).sum()
@@ -103,12 +107,8 @@ def r_loss(conv_logits: torch.Tensor, t: torch.Tensor, y: torch.Tensor, e: torch
     sum ((y - m) - (1[T=l] - q) tau_l)^2 / sum (1[T=l] - q)^2, with m = q p_l + (1 - q) p_0 the pair's outcome
     mean (held fixed: only tau learns from this loss) and q = e_l / (e_l + e_0). In a randomised log its
     minimiser is the true uplift, like the transformed outcome's, with residuals instead of raw outcomes."""
-    p = torch.sigmoid(conv_logits)
-    tau = p[:, 1:] - p[:, :1]
-    lv = torch.arange(1, p.shape[1], device=t.device)
-    t_l = (t[:, None] == lv).float()
-    pair = t_l + (t == 0).float()[:, None]
-    q = e[:, 1:] / (e[:, 1:] + e[:, :1]).clamp_min(1e-6)
+    p, tau, t_l, t_0, q = _level_pairs(conv_logits, t, e)
+    pair = t_l + t_0
     m = (q * p[:, 1:] + (1 - q) * p[:, :1]).detach()
     resid = y[:, None] - m - (t_l - q) * tau
     return ((pair * resid**2).sum(dim=0) / (pair * (t_l - q) ** 2).sum(dim=0).clamp_min(1e-6)).sum()
