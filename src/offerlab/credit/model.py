@@ -324,13 +324,13 @@ class CreditModel:
         enc_fit, y_fit = _subset(enc, fit_idx), y[fit_idx]
         splits = self._inner_splits(y_fit)
         overridden = _overridden(self.net_cfg)
+        candidates = self.net_cfg.candidates()
         options = [(cfg.model_dump(include=overridden), self._fit_members(cfg, enc_fit, y_fit, splits, callbacks))
-                   for cfg in self.net_cfg.candidates()]
+                   for cfg in candidates]
         if self.net_cfg.blend and len(options) > 1:
             options.append(({"blend": True}, _InnerFit.average([fitted for _, fitted in options])))
         self.selection = [{"inner_auc": fitted.auc(y_fit), **settings} for settings, fitted in options]
         best = int(np.argmax([s["inner_auc"] for s in self.selection]))
-        candidates = self.net_cfg.candidates()
         self.chosen = candidates[best] if best < len(candidates) else self.net_cfg
         fitted = options[best][1]
         self.members = [net for nets in fitted.groups for net in nets]

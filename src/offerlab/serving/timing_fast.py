@@ -59,4 +59,3 @@ class MixtureAnswers(EnsembleMixture):
                 return self.predictor.simulate_counts(self.state, horizon, n_samples, seed=0)
             x = torch.from_numpy(count_features(self, self.state))
             return head.expected_count(x, float(horizon)).double().numpy()
-

@@ -46,7 +46,7 @@ def count_features(predictor: TimingPredictor, state: CustomerState) -> np.ndarr
     cols += [np.log(np.clip(predictor.prob_within(state, k), 1e-6, 1.0)) for k in TPP_HORIZONS]
     cols.append(np.log(np.clip(predictor.prob_never(state), 1e-6, 1.0)))
     x = np.stack(cols, 1)
-    if getattr(state, "gap_sums", None) is not None:  # the customer's own rhythm: typical gap and its spread
+    if state.gap_sums is not None:  # the customer's own rhythm: typical gap and its spread
         x = np.concatenate([x, gap_stat_features(state.gap_sums.double().numpy())], 1)
     return x.astype(np.float32)
 
