@@ -134,14 +134,15 @@ async def _call(dep, requests: list) -> list:
     """A dependency's batchable `predict`: over the wire when served, in a thread when local (tests).
 
     One retry when the link was closed under us: after a few idle seconds the dependency's server drops
-    its keep-alive connections, and the first call that reuses one gets `ServerDisconnectedError` (seen
-    as a stray 503 after every pause in traffic). `predict` has no side effects, so repeating it is safe.
+    its keep-alive connections, and a call that reuses one gets `ServerDisconnectedError`, or
+    `ClientOSError` (connection reset) when the close crosses the request (seen as a stray 503 after a
+    pause in traffic; both are `ClientConnectionError`). `predict` has no side effects, so repeating it is safe.
     """
     if hasattr(dep, "to_async"):
         try:
             return await dep.to_async.predict(requests)
-        except aiohttp.ServerDisconnectedError:
-            log.info("dependency link was closed while idle; retrying once")
+        except aiohttp.ClientConnectionError as e:
+            log.info("dependency link was closed under us (%s); retrying once", type(e).__name__)
             return await dep.to_async.predict(requests)
     return await asyncio.to_thread(dep.predict, requests)
 

@@ -239,3 +239,29 @@ def test_api_key_middleware_exempts_only_unix_socket_peers(monkeypatch):
     assert _asgi_call(app, headers=[(b"authorization", b"Bearer k")])[0] == 200
     assert _asgi_call(app, client=None)[0] == 200  # a dependency call from `bentoml serve` over its Unix socket
     assert _asgi_call(app, path="/readyz")[0] == 200
+
+
+@pytest.mark.parametrize("error", ["ServerDisconnectedError", "ClientOSError"])
+def test_a_dependency_link_closed_under_a_call_is_retried_once(error):
+    """The dependency's server drops idle keep-alive links; the call that reuses one fails with a connection
+    error (disconnected, or reset when the close crosses the request) and is repeated once; twice: raised."""
+    import asyncio
+
+    import aiohttp
+    from serving.service import _call
+
+    class Dep:
+        def __init__(self, failures: int):
+            self.failures, self.calls = failures, 0
+            self.to_async = self
+
+        async def predict(self, requests):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise getattr(aiohttp, error)()
+            return [r * 2 for r in requests]
+
+    once = Dep(failures=1)
+    assert asyncio.run(_call(once, [1, 2])) == [2, 4] and once.calls == 2
+    with pytest.raises(aiohttp.ClientConnectionError):
+        asyncio.run(_call(Dep(failures=2), [1]))
