@@ -123,7 +123,8 @@ class ColumnMapping(BaseModel):
     read_options: dict = Field(default_factory=dict)
     treatments: list[str] | None = None
     control: str | None = None
-    label_values: dict[str, int] | None = Field(default=None, description="map raw label values to 0/1")
+    label_values: dict[str | int | bool, int] | None = Field(
+        default=None, description="raw label value -> 0/1, both declared (e.g. {bad: 1, good: 0} or {1: 1, 0: 0})")
     applied_at: str | None = Field(default=None, description="one application date for a file that has none")
 
     @field_validator("table")
@@ -132,6 +133,45 @@ class ColumnMapping(BaseModel):
         if v not in TABLES:
             raise ValueError(f"unknown table {v!r}; expected one of {sorted(TABLES)}")
         return v
+
+    @field_validator("label_values")
+    @classmethod
+    def _two_labels(cls, v: dict | None) -> dict | None:
+        if v is not None and (sorted(v.values()) != [0, 1]):
+            raise ValueError(f"label_values must map exactly one raw value to 1 and one to 0, got {v}")
+        return v
+
+
+def label_key(value: object) -> str:
+    """How a raw label value and a `label_values` key are compared: as text, so the YAML key `1` (an int),
+    `"1"` (a string), a CSV cell read as 1 or 1.0, and `true` / `True` all meet."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return str(value).strip().lower() if str(value).strip().lower() in ("true", "false") else str(value).strip()
+
+
+def map_labels(raw: pd.Series, label_values: dict, table: str, column: str) -> pd.Series:
+    """Raw label values -> 0/1 through the declared `label_values`; any other value (or a missing one) is refused
+    with the row, the value and the declared set."""
+    lut = {label_key(k): int(v) for k, v in label_values.items()}
+    keys = raw.map(label_key, na_action="ignore")
+    mapped = keys.map(lut)
+    bad = mapped.isna()
+    if bad.any():
+        i = np.flatnonzero(bad.to_numpy())[0]
+        value = raw.iloc[i].item() if isinstance(raw.iloc[i], np.generic) else raw.iloc[i]
+        declared = ", ".join(f"{k!r} -> {v}" for k, v in label_values.items())
+        hint = ""
+        if any(isinstance(k, bool) for k in label_values) and isinstance(value, str):
+            hint = " (YAML reads an unquoted yes/no/on/off as true/false: quote the key, e.g. 'yes': 1)"
+        raise DataValidationError(
+            table, column, f"value {value!r} is not one of the declared label_values ({declared}); "
+            f"declare every raw value of the label under label_values{hint}", f"row {raw.index[i]!r}")
+    return mapped.astype(np.int64)
 
 
 def read_mapping(mapping_path: str | Path) -> ColumnMapping:
@@ -171,11 +211,7 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
                 raise DataValidationError(m.table, col, f"does not match timestamp_format {m.timestamp_format!r}", f"row {out.index[bad][0]}: {out.loc[bad, col].iloc[0]!r}")
             out[col] = parsed
         if col in out.columns and spec.kind == "label" and m.label_values:
-            mapped = out[col].map(m.label_values)
-            bad = mapped.isna()
-            if bad.any():
-                raise DataValidationError(m.table, col, f"value not in label_values {m.label_values}", f"row {out.index[bad][0]}: {out.loc[bad, col].iloc[0]!r}")
-            out[col] = mapped.astype(int)
+            out[col] = map_labels(out[col], m.label_values, m.table, col)
     if m.table == "transactions" and "order_id" not in out.columns:
         out["order_id"] = np.arange(len(out)).astype(str)
     if m.table == "applications":

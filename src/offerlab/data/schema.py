@@ -50,7 +50,7 @@ TRANSACTIONS = TableSpec(
     (
         Column("customer_id", "str"),
         Column("timestamp", "datetime"),
-        Column("amount", "float", nonnegative=True),
+        Column("amount", "float", required=False, nonnegative=True),  # absent in date-only purchase logs
         Column("category", "str", required=False),
         Column("quantity", "int", required=False, nonnegative=True),
         Column("order_id", "str", required=False),

@@ -113,6 +113,9 @@ class CampaignData:
     propensity: np.ndarray | None = None  # (n, L) known assignment probabilities, or None
     cost: np.ndarray | None = None  # observed campaign cost (discount paid + contact), if logged
     discounts: dict[str, float] = field(default_factory=dict)
+    # how the levels were assigned: "randomised" (an RCT: known or constant propensities), "targeted" (chosen
+    # by the CRM from customer traits: propensities must be estimated), or "unknown" (not yet checked)
+    assignment: str = "unknown"
 
     def __len__(self) -> int:
         return len(self.treatment)
@@ -131,6 +134,7 @@ class CampaignData:
             treatment=self.treatment[idx], conversion=self.conversion[idx], revenue=self.revenue[idx],
             levels=self.levels, propensity=None if self.propensity is None else self.propensity[idx],
             cost=None if self.cost is None else self.cost[idx], discounts=self.discounts,
+            assignment=self.assignment,
         )
 
     def outcome(self, kind: str) -> np.ndarray:
@@ -190,7 +194,8 @@ def from_hillstrom(campaign: pd.DataFrame, outcome: str = "visit") -> CampaignDa
         customer_id=campaign["customer_id"].to_numpy(dtype=object), features=hillstrom_features(campaign),
         treatment=codes, conversion=conv, revenue=rev, levels=levels,
         propensity=_known_propensity(campaign, codes, len(levels)),
-        discounts={lv: 0.0 for lv in levels},
+        discounts={lv: 0.0 for lv in levels},  # e-mail variants: no discount (explicit, not a fallback)
+        assignment="randomised",
     )
 
 
