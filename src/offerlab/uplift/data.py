@@ -237,7 +237,8 @@ def from_synth(synth) -> CampaignData:
         conversion=camp["conversion"].to_numpy(dtype=float), revenue=camp["revenue"].to_numpy(dtype=float),
         levels=levels, propensity=_known_propensity(camp, codes, len(levels)),
         cost=camp["cost"].to_numpy(dtype=float) if "cost" in camp else None,
-        discounts={lv: float(meta["discounts"].get(lv, 0.0)) for lv in levels},
+        discounts={lv: float(meta["discounts"][lv]) for lv in levels},
+        assignment=meta.get("campaign_assignment", "randomised"),
     )
 
 
