@@ -24,10 +24,15 @@ def test_valid_transactions_pass_with_canonical_types():
     assert out["amount"].dtype == "float64"
 
 
+def test_transactions_without_amounts_are_a_valid_table():
+    out = validate_table(tx().drop(columns="amount"), "transactions")  # date-only purchase logs
+    assert "amount" not in out.columns and str(out["timestamp"].dtype) == "datetime64[ns]"
+
+
 @pytest.mark.parametrize(
     "table_df, table, kwargs, message",
     [
-        (tx().drop(columns="amount"), "transactions", {}, "table 'transactions', column 'amount': missing required column"),
+        (tx().drop(columns="timestamp"), "transactions", {}, "table 'transactions', column 'timestamp': missing required column"),
         (tx(amount=["1", "x", "2"]), "transactions", {}, "column 'amount': expected a number (float) (example: row 1: amount='x')"),
         (tx(amount=[1.0, -3.0, 2.0]), "transactions", {}, "column 'amount': negative value (example: row 1: amount=-3.0)"),
         (tx(timestamp=["2024-01-01", "not a date", "2024-01-02"]), "transactions", {}, "column 'timestamp': unparsable timestamp (example: row 1: timestamp='not a date')"),

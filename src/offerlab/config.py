@@ -20,6 +20,18 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def expand_dotted(d: dict) -> dict:
+    """{'net.members': 2, 'trainer': {'max_epochs': 5}} -> {'net': {'members': 2}, 'trainer': {'max_epochs': 5}}."""
+    out: dict = {}
+    for key, value in d.items():
+        value = expand_dotted(value) if isinstance(value, dict) else value
+        parts = str(key).split(".")
+        for part in reversed(parts[1:]):
+            value = {part: value}
+        out = deep_merge(out, {parts[0]: value})
+    return out
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """Nested mapping -> {'a.b': value}, the shape MLflow params take."""
     out: dict = {}

@@ -25,7 +25,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from offerlab.config import deep_merge, flatten
+from offerlab.config import deep_merge, expand_dotted, flatten
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -85,18 +85,6 @@ class ExperimentSpec(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("seeds must be distinct")
         return v
-
-
-def expand_dotted(d: dict) -> dict:
-    """{'net.members': 2, 'trainer': {'max_epochs': 5}} -> {'net': {'members': 2}, 'trainer': {'max_epochs': 5}}."""
-    out: dict = {}
-    for key, value in d.items():
-        value = expand_dotted(value) if isinstance(value, dict) else value
-        parts = str(key).split(".")
-        for part in reversed(parts[1:]):
-            value = {part: value}
-        out = deep_merge(out, {parts[0]: value})
-    return out
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:

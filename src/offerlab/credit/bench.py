@@ -70,7 +70,16 @@ def load_bench_data(cfg: CreditConfig) -> BenchData:
                                 for c in ("true_pd_observable", "true_pd_traits"))
         X = application_features(apps, s.transactions)
         return BenchData("synth", apps, X, apps["default"].to_numpy(), true_pd, oracle_pd, traits_pd)
-    if d.dataset == "mapped" or d.mapping:
+    if d.dataset == "spec":
+        from offerlab.data.spec import SpecData
+
+        if d.spec is None:
+            raise ValueError("dataset 'spec' needs data.spec (a data spec YAML; --data on the command line)")
+        sd = SpecData.load(d.spec, d.spec_set)
+        apps = sd.labelled_applications().reset_index(drop=True)
+        tx = sd.table("transactions") if sd.has("transactions") else None
+        name = sd.name
+    elif d.dataset == "mapped" or d.mapping:
         from offerlab.data.loaders import load_mapped, read_mapping
 
         if not d.mapping:
@@ -78,18 +87,18 @@ def load_bench_data(cfg: CreditConfig) -> BenchData:
         if read_mapping(d.mapping).table != "applications":
             raise ValueError(f"the column mapping {d.mapping} must fill table 'applications' for the credit bench")
         apps = load_mapped(d.data_path, d.mapping).reset_index(drop=True)
-        name = Path(d.data_path).stem if d.data_path else "mapped"
+        name, tx = (Path(d.data_path).stem if d.data_path else "mapped"), None
     else:
         from offerlab.data.loaders import load_german
 
         apps = load_german(d.data_path).reset_index(drop=True)
-        name = "german"
+        name, tx = "german", None
     if "default" not in apps.columns:
         raise ValueError("table 'applications', column 'default': the benchmark needs known outcomes (0/1)")
     y = apps["default"].to_numpy()
     if y.min() == y.max():
         raise ValueError("table 'applications', column 'default': only one class present; need both 0 and 1")
-    return BenchData(name, apps, application_features(apps), y)
+    return BenchData(name, apps, application_features(apps, tx), y)
 
 
 def cross_validate(

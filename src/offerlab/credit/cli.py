@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from offerlab.cli_options import data_spec_options, open_spec, refuse_beside_spec
+
 CONFIG_DIR = Path("configs") / "credit"
 
 
@@ -28,15 +30,28 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _spec_overrides(data_spec: str | None, data_sets: tuple[str, ...], **data_options) -> dict:
+    """The config keys `--data` sets (the data, the terms policy and its columns; none without --data)."""
+    from offerlab.data.spec import family_overrides
+
+    spec = open_spec(data_spec, data_sets)
+    if spec is None:
+        return {}
+    refuse_beside_spec(**data_options)
+    return family_overrides(spec, "credit")
+
+
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Credit config YAML (default: configs/credit/default.yaml).")
+@data_spec_options
 @click.option("--no-progress", is_flag=True, help="Hide the training progress bar.")
-def train(config_path: str | None, no_progress: bool) -> None:
+def train(config_path: str | None, data_spec: str | None, data_sets: tuple[str, ...], no_progress: bool) -> None:
     """Train the calibrated PD model, report it on a held-out split and log the run to MLflow.
 
     \b
-    Example:
+    Examples:
+      offerlab train credit --data mydata.yaml
       offerlab train credit --config configs/credit/german.yaml
     """
     from offerlab.credit.config import load_config
@@ -45,7 +60,7 @@ def train(config_path: str | None, no_progress: bool) -> None:
     path = Path(config_path) if config_path else _default_config("default")
     if path is None:
         raise ValueError("no --config given and configs/credit/default.yaml not found")
-    cfg = load_config(path)
+    cfg = load_config(path, _spec_overrides(data_spec, data_sets))
     _quiet_lightning()
     summary = train_credit(cfg, progress=not no_progress)
     summary.pop("model", None)
@@ -53,8 +68,10 @@ def train(config_path: str | None, no_progress: bool) -> None:
 
 
 @click.command()
-@click.option("--dataset", type=click.Choice(["german", "synth", "mapped"]), default="german", show_default=True,
-              help="german (public file), synth (synthetic marketplace) or mapped (your file, with --mapping).")
+@click.option("--dataset", type=click.Choice(["german", "synth", "mapped"]), default=None,
+              help="german (public file; the default), synth (synthetic marketplace) or mapped (your file, with "
+                   "--mapping); with --data: the spec's applications.")
+@data_spec_options
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Benchmark JSON to write.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Credit config YAML (default: configs/credit/<dataset>.yaml).")
@@ -64,18 +81,37 @@ def train(config_path: str | None, no_progress: bool) -> None:
 @click.option("--synth-dir", type=click.Path(file_okay=False), default=None, help="Synthetic data folder (synth).")
 @click.option("--customers", type=click.IntRange(min=100), default=None, help="Synthetic customers to generate.")
 @click.option("--seed", type=int, default=None, help="Seed of the synthetic data.")
-def bench(dataset: str, out: str, config_path: str | None, data_path: str | None, mapping: str | None,
-          synth_dir: str | None, customers: int | None, seed: int | None) -> None:
+def bench(dataset: str | None, data_spec: str | None, data_sets: tuple[str, ...], out: str, config_path: str | None,
+          data_path: str | None, mapping: str | None, synth_dir: str | None, customers: int | None,
+          seed: int | None) -> None:
     """Run the credit protocol (stratified 5-fold CV, same folds) for ours, LightGBM and the WoE scorecard.
 
     \b
     Examples:
+      offerlab bench credit --data mydata.yaml --out credit_mine.json
       offerlab bench credit --dataset german --out experiments/results/credit_german.json
       offerlab bench credit --dataset synth --customers 100000 --seed 0 --out credit_synth.json
       offerlab bench credit --dataset mapped --data-path apps.csv --mapping configs/data/applications_example.yaml --out mine.json
     """
     from offerlab.credit.bench import run_bench, write_json_atomic
     from offerlab.credit.config import load_config
+
+    spec_over = _spec_overrides(data_spec, data_sets, dataset=dataset, data_path=data_path, mapping=mapping,
+                                synth_dir=synth_dir, customers=customers, seed=seed)
+    if spec_over:
+        cfg = load_config(Path(config_path) if config_path else _default_config("default"), spec_over)
+    else:
+        cfg = _builtin_config(dataset or "german", config_path, data_path, mapping, synth_dir, customers, seed)
+    _quiet_lightning()
+    result = run_bench(cfg)
+    write_json_atomic(result, out)
+    click.echo(json.dumps({k: result[k] for k in ("dataset", "models", "oracle", "targets", "seconds")}, indent=1))
+
+
+def _builtin_config(dataset: str, config_path: str | None, data_path: str | None, mapping: str | None,
+                    synth_dir: str | None, customers: int | None, seed: int | None):
+    """The bench config of a public, synthetic or column-mapped data set (no data spec)."""
+    from offerlab.credit.config import CreditConfig, load_config
 
     if mapping and dataset != "mapped":
         dataset = "mapped"
@@ -90,12 +126,5 @@ def bench(dataset: str, out: str, config_path: str | None, data_path: str | None
         if value is not None:
             data[key] = value
     if path is None:
-        from offerlab.credit.config import CreditConfig
-
-        cfg = CreditConfig.model_validate({"data": data, "terms": None})
-    else:
-        cfg = load_config(path, {"data": data})
-    _quiet_lightning()
-    result = run_bench(cfg)
-    write_json_atomic(result, out)
-    click.echo(json.dumps({k: result[k] for k in ("dataset", "models", "oracle", "targets", "seconds")}, indent=1))
+        return CreditConfig.model_validate({"data": data, "terms": None})
+    return load_config(path, {"data": data})

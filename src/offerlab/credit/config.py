@@ -20,9 +20,11 @@ from offerlab.credit.model import NetConfig, TrainerConfig
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dataset: Literal["german", "synth", "mapped"] = "german"
+    dataset: Literal["german", "synth", "mapped", "spec"] = "german"
     data_path: str | None = Field(None, description="folder of public files, or your file with `mapping`")
     mapping: str | None = Field(None, description="column-mapping YAML for your own applications file")
+    spec: str | None = Field(None, description="a data spec YAML (dataset 'spec'): applications and transactions")
+    spec_set: dict = Field(default_factory=dict, description="dotted-key overrides of the data spec (--data-set)")
     synth_dir: str | None = Field(None, description="synthetic data folder (else generated from customers/seed)")
     customers: int = Field(20_000, ge=100)
     seed: int = 0

@@ -119,6 +119,7 @@ class ColumnMapping(BaseModel):
     format: str | None = Field(default=None, description="csv or parquet; inferred from the suffix when absent")
     columns: dict[str, str] = Field(description="canonical column -> column in the user's file")
     keep: list[str] = Field(default_factory=list, description="extra columns to keep (features)")
+    dates: list[str] = Field(default_factory=list, description="kept columns holding dates (parsed like timestamps)")
     timestamp_format: str | None = None
     read_options: dict = Field(default_factory=dict)
     treatments: list[str] | None = None
@@ -179,13 +180,51 @@ def read_mapping(mapping_path: str | Path) -> ColumnMapping:
     return load_yaml_model(mapping_path, ColumnMapping, "column-mapping file", missing=DataFileMissing)
 
 
-def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMapping) -> pd.DataFrame:
-    """Load a user's CSV or parquet file into a canonical table through a column mapping."""
+def _parse_times(values: pd.Series, fmt: str | None, table: str, col: str) -> pd.Series:
+    """A timestamp column parsed as given (aware where the text carries offsets); unparsable values refused."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values
+    text = values.astype(str) if fmt else values
+    try:
+        parsed = pd.to_datetime(text, format=fmt or "mixed", errors="coerce")
+    except ValueError:  # offsets differ from row to row: a common clock (UTC) first
+        parsed = pd.to_datetime(text, format=fmt or "mixed", errors="coerce", utc=True)
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        i = np.flatnonzero(bad.to_numpy())[0]
+        what = f"does not match timestamp_format {fmt!r}" if fmt else "unparsable timestamp"
+        raise DataValidationError(table, col, what, f"row {values.index[i]}: {values.iloc[i]!r}")
+    return parsed
+
+
+def localise_times(values: pd.Series, timezone: str | None, table: str, col: str, *, strict: bool) -> pd.Series:
+    """Timestamps on the calendar days are counted in: an offset-carrying (aware) column is converted to
+    `timezone` and made naive; a naive column is taken as already local. Aware values without a declared
+    `timezone`: refused when `strict` (a data spec must say whose days count), else converted to UTC."""
+    if not isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values
+    if timezone is None:
+        if strict:
+            raise DataValidationError(
+                table, col, "timestamps carry UTC offsets but the data spec declares no time zone: set "
+                "semantics.timezone (e.g. Europe/Berlin) to the zone whose calendar days purchases count in",
+                f"{values.dropna().iloc[0]!s}")
+        return values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return values.dt.tz_convert(timezone).dt.tz_localize(None)
+
+
+def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMapping, *, timezone: str | None = None,
+                strict_timezone: bool = False, base_dir: str | Path | None = None) -> pd.DataFrame:
+    """Load a user's CSV or parquet file into a canonical table through a column mapping.
+
+    `timezone` / `strict_timezone`: see `localise_times` (a data spec passes its `semantics.timezone`, strictly);
+    `base_dir`: the folder a relative `path` of the mapping is read from (default: the mapping file's)."""
     m = mapping if isinstance(mapping, ColumnMapping) else read_mapping(mapping)
     if data_path is None:
         if m.path is None:
             raise ValueError("no data path given and the column mapping names no 'path'")
-        base = Path(mapping).parent if not isinstance(mapping, ColumnMapping) else Path(".")
+        base = Path(base_dir) if base_dir is not None else (
+            Path(mapping).parent if not isinstance(mapping, ColumnMapping) else Path("."))
         data_path = base / m.path
     data_path = Path(data_path)
     if not data_path.is_file():
@@ -197,6 +236,11 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
         raise DataValidationError(
             m.table, missing[0], f"column named in the mapping is absent from {data_path.name}; columns present: {list(raw.columns)[:20]}"
         )
+    if m.table == "applications" and "default" in m.columns and m.label_values is None:
+        values = sorted(map(str, pd.unique(raw[m.columns["default"]].dropna())))[:10]
+        raise DataValidationError(m.table, "default", f"label_values not declared: say which raw value of column "
+                                  f"{m.columns['default']!r} means default (1) and which does not (0), e.g. "
+                                  f"label_values: {{bad: 1, good: 0}}; values in {data_path.name}: {values}")
     absent_keep = [c for c in m.keep if c not in raw.columns]
     if absent_keep:
         raise DataValidationError(m.table, absent_keep[0], f"column listed under 'keep' is absent from {data_path.name}")
@@ -204,14 +248,16 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
         columns={v: k for k, v in m.columns.items()}
     )
     for col, spec in ((c.name, c) for c in TABLES[m.table].columns):
-        if col in out.columns and spec.kind == "datetime" and m.timestamp_format:
-            parsed = pd.to_datetime(out[col].astype(str), format=m.timestamp_format, errors="coerce")
-            bad = parsed.isna()
-            if bad.any():
-                raise DataValidationError(m.table, col, f"does not match timestamp_format {m.timestamp_format!r}", f"row {out.index[bad][0]}: {out.loc[bad, col].iloc[0]!r}")
-            out[col] = parsed
+        if col in out.columns and spec.kind == "datetime":
+            out[col] = localise_times(_parse_times(out[col], m.timestamp_format, m.table, col), timezone, m.table, col,
+                                      strict=strict_timezone)
         if col in out.columns and spec.kind == "label" and m.label_values:
             out[col] = map_labels(out[col], m.label_values, m.table, col)
+    for col in m.dates:
+        if col not in out.columns:
+            raise DataValidationError(m.table, col, "column listed under 'dates' is not kept: add it to 'keep'")
+        out[col] = localise_times(_parse_times(out[col], m.timestamp_format, m.table, col), timezone, m.table, col,
+                                  strict=strict_timezone)
     if m.table == "transactions" and "order_id" not in out.columns:
         out["order_id"] = np.arange(len(out)).astype(str)
     if m.table == "applications":

@@ -30,8 +30,15 @@ MODEL_NAMES = ("offerlab", "bg_nbd", "pareto_nbd", "naive")
 
 
 def load_bench_data(dataset: str, data_path: str | None = None, mapping: str | None = None,
-                    synth_dir: str | None = None, customers: int = 20_000, seed: int = 0):
-    """Transactions plus, for synthetic data, the timing truth (else None)."""
+                    synth_dir: str | None = None, customers: int = 20_000, seed: int = 0, *,
+                    spec: str | None = None, spec_set: dict | None = None):
+    """Transactions plus, for synthetic data, the timing truth (else None). `spec`: a data spec's transactions."""
+    if spec is not None or dataset == "spec":
+        from offerlab.data.spec import SpecData
+
+        if spec is None:
+            raise ValueError("dataset 'spec' needs data.spec (a data spec YAML; --data on the command line)")
+        return SpecData.load(spec, spec_set).table("transactions"), None
     if dataset == "synth":
         from offerlab.data.synth import generate, load_synth
 
@@ -136,16 +143,30 @@ def run_bench(dataset: str, out: str | Path, *, data_path: str | None = None, ma
               calibration_end: str | None = None, holdout_end: str | None = None, synth_dir: str | None = None,
               customers: int = 20_000, seed: int = 0, config: str | Path | None = None,
               models: tuple[str, ...] = MODEL_NAMES, cfg_overrides: dict | None = None,
-              progress: bool | None = None) -> dict:
-    """Fit and score every model on one split and write the DESIGN.md JSON (atomically) to `out`."""
+              progress: bool | None = None, spec: str | None = None, spec_set: dict | None = None) -> dict:
+    """Fit and score every model on one split and write the DESIGN.md JSON (atomically) to `out`.
+
+    `spec`: a data spec YAML whose transactions are the data (its protocol dates are the split unless
+    `calibration_end` / `holdout_end` are given); `dataset` is then only the label of the results."""
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; expected some of {list(MODEL_NAMES)}")
+    if config is None and spec is not None:
+        config = CONFIG_DIR / "default.yaml"
     if config is None:
         named = CONFIG_DIR / f"{dataset}.yaml"
         config = named if named.is_file() else (CONFIG_DIR / "default.yaml" if CONFIG_DIR.is_dir() else None)
     cfg: TimingConfig = load_config(config, cfg_overrides)
-    tx, truth = load_bench_data(dataset, data_path, mapping, synth_dir, customers, seed)
+    if spec is not None:
+        from offerlab.data.spec import SpecData
+
+        sd = SpecData.load(spec, spec_set)
+        sd.require("timing")
+        cal0, end0 = sd.protocol_dates()
+        calibration_end, holdout_end = calibration_end or cal0, holdout_end or end0
+        tx, truth = sd.table("transactions"), None
+    else:
+        tx, truth = load_bench_data(dataset, data_path, mapping, synth_dir, customers, seed)
     cal, end = split_dates(dataset, tx, calibration_end, holdout_end)
     cfg.data.calibration_end, cfg.data.holdout_end = cal, end
     calib = tx[tx["timestamp"] <= end_of_day(cal)]

@@ -41,6 +41,8 @@ class DataConfig(_Strict):
     dataset: str = "cdnow"
     data_path: str | None = None
     mapping: str | None = None
+    spec: str | None = Field(None, description="a data spec YAML (dataset 'spec'; --data on the command line)")
+    spec_set: dict = Field(default_factory=dict, description="dotted-key overrides of the data spec (--data-set)")
     synth_dir: str | None = None
     customers: int = Field(20_000, ge=10)
     seed: int = 0
@@ -385,7 +387,8 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
     from offerlab.tracking import data_fingerprint, start_run, table_summary
 
     d = cfg.data
-    tx, truth = load_bench_data(d.dataset, d.data_path, d.mapping, d.synth_dir, d.customers, d.seed)
+    tx, truth = load_bench_data(d.dataset, d.data_path, d.mapping, d.synth_dir, d.customers, d.seed,
+                                spec=d.spec, spec_set=d.spec_set)
     cal, end = split_dates(d.dataset, tx, d.calibration_end, d.holdout_end)
     calib = tx[tx["timestamp"] <= end_of_day(cal)]
     horizon = horizon_days(cal, end)

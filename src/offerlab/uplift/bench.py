@@ -61,6 +61,12 @@ def load_campaign(cfg: UpliftConfig) -> tuple[CampaignData, pd.DataFrame | None,
         observable = campaign_truth_observable(synth).set_index("customer_id").loc[ids].reset_index(drop=True)
         truth = pd.concat([truth, observable.add_prefix(OBSERVABLE)], axis=1)
         return camp, truth, dict(synth.meta)
+    if dc.dataset == "spec":
+        from offerlab.data.spec import SpecData
+
+        if dc.spec is None:
+            raise ValueError("dataset 'spec' needs data.spec (a data spec YAML; --data on the command line)")
+        return SpecData.load(dc.spec, dc.spec_set).campaign_data(), None, {}
     if dc.mapping is None:
         raise ValueError("dataset 'mapped' needs data.mapping (a column-mapping YAML) and data.data_path")
     from offerlab.data.loaders import load_mapped, read_mapping

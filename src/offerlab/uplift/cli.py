@@ -7,16 +7,25 @@ from pathlib import Path
 
 import click
 
+from offerlab.cli_options import data_spec_options, open_spec, refuse_beside_spec
+from offerlab.config import deep_merge
+
 CONFIG_DIR = Path("configs/uplift")
 
 
 def _default_config(dataset: str) -> Path | None:
-    path = CONFIG_DIR / f"{'synth' if dataset == 'synth' else 'hillstrom' if dataset == 'hillstrom' else 'default'}.yaml"
-    return path if path.is_file() else None
+    """configs/uplift/<dataset or default>.yaml from the working folder, else from the project checkout."""
+    name = dataset if dataset in ("synth", "hillstrom") else "default"
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        if (root / CONFIG_DIR / f"{name}.yaml").is_file():
+            return root / CONFIG_DIR / f"{name}.yaml"
+    return None
 
 
 @click.command("bench")
-@click.option("--dataset", type=click.Choice(["hillstrom", "synth", "mapped"]), default="hillstrom", show_default=True)
+@click.option("--dataset", type=click.Choice(["hillstrom", "synth", "mapped"]), default=None,
+              help="hillstrom (default), synth or mapped (a file with --mapping); with --data: the spec's campaign.")
+@data_spec_options
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Benchmark JSON to write.")
 @click.option("--outcome", type=click.Choice(["visit", "conversion", "spend"]), default=None,
               help="Outcome (Hillstrom: visit is the protocol's primary).")
@@ -34,12 +43,13 @@ def _default_config(dataset: str) -> Path | None:
               help="Comma-separated models to run.")
 @click.option("--feature-oracle/--no-feature-oracle", default=True, show_default=True,
               help="Synthetic data: also fit the (slow) feature-ceiling reference.")
-def bench(dataset, out, outcome, seeds, config_path, data_path, mapping, synth_dir, customers, synth_seed, margin,
-          contact_cost, models, feature_oracle) -> None:
+def bench(dataset, data_spec, data_sets, out, outcome, seeds, config_path, data_path, mapping, synth_dir, customers,
+          synth_seed, margin, contact_cost, models, feature_oracle) -> None:
     """Benchmark ours against S/T/X-learners with gradient boosting on the same splits; write one JSON.
 
     \b
     Examples:
+      offerlab bench uplift --data mydata.yaml --out uplift_mine.json
       offerlab bench uplift --dataset hillstrom --out experiments/results/uplift_hillstrom.json
       offerlab bench uplift --dataset synth --seed 0 --out experiments/results/uplift_synth.json
       offerlab bench uplift --dataset mapped --data-path log.csv --mapping configs/data/campaign_example.yaml \\
@@ -48,6 +58,9 @@ def bench(dataset, out, outcome, seeds, config_path, data_path, mapping, synth_d
     from offerlab.uplift.bench import PEERS, run_bench
     from offerlab.uplift.config import load_config
 
+    overrides = _spec_overrides(data_spec, data_sets, dataset=dataset, data_path=data_path, mapping=mapping,
+                                synth_dir=synth_dir, customers=customers, synth_seed=synth_seed)
+    dataset = "spec" if overrides else (dataset or "hillstrom")
     if mapping is not None:
         dataset = "mapped"
     if dataset == "mapped" and mapping is None:
@@ -56,7 +69,7 @@ def bench(dataset, out, outcome, seeds, config_path, data_path, mapping, synth_d
     unknown = [m for m in chosen if m not in ("offerlab", *PEERS)]
     if unknown or not chosen:
         raise ValueError(f"unknown model {unknown[:1] or models!r}; choose from {('offerlab', *PEERS)}")
-    overrides: dict = {"data": {"dataset": dataset}, "policy": {}}
+    overrides = deep_merge(overrides, {"data": {"dataset": dataset}, "policy": {}})
     for key, value in (("outcome", outcome), ("data_path", data_path), ("mapping", mapping),
                        ("synth_dir", synth_dir), ("customers", customers), ("synth_seed", synth_seed)):
         if value is not None:
@@ -65,27 +78,46 @@ def bench(dataset, out, outcome, seeds, config_path, data_path, mapping, synth_d
         overrides["policy"]["margin"] = margin
     if contact_cost is not None:
         overrides["policy"]["contact_cost"] = contact_cost
-    cfg = load_config(config_path or _default_config(dataset), overrides)
+    cfg = load_config(config_path or _default_config("default" if dataset == "spec" else dataset), overrides)
     result = run_bench(cfg, out, seeds=seeds, models=chosen, feature_oracle=feature_oracle)
     click.echo(json.dumps({"out": out, "seconds": result["seconds"], "targets": result["targets"]}, indent=1,
                           default=float))
 
 
+def _spec_overrides(data_spec: str | None, data_sets: tuple[str, ...], **data_options) -> dict:
+    """The config keys `--data` sets (the data, the economics; none without --data)."""
+    from offerlab.data.spec import family_overrides
+
+    spec = open_spec(data_spec, data_sets)
+    if spec is None:
+        return {}
+    refuse_beside_spec(**data_options)
+    return family_overrides(spec, "uplift")
+
+
 @click.command("train")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="Uplift YAML config.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Uplift YAML config (with --data default: configs/uplift/default.yaml).")
+@data_spec_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Also write the model and the test-split recommendations here.")
 @click.option("--progress/--no-progress", default=True, help="Lightning progress bar.")
-def train(config_path: str, out_dir: str | None, progress: bool) -> None:
+def train(config_path: str | None, data_spec: str | None, data_sets: tuple[str, ...], out_dir: str | None,
+          progress: bool) -> None:
     """Train the multi-treatment uplift model from a YAML config and log it to MLflow (offerlab-uplift).
 
     \b
-    Example:
+    Examples:
+      offerlab train uplift --data mydata.yaml
       offerlab train uplift --config configs/uplift/hillstrom.yaml
     """
     from offerlab.uplift.config import load_config
     from offerlab.uplift.train import train_from_config
 
-    cfg = load_config(config_path, {"trainer": {"enable_progress_bar": progress}})
+    overrides = _spec_overrides(data_spec, data_sets)
+    config_path = config_path or (str(_default_config("default")) if overrides else None)
+    if config_path is None:
+        raise ValueError("give --config (an uplift YAML) or --data (a data spec)")
+    cfg = load_config(config_path, deep_merge(overrides, {"trainer": {"enable_progress_bar": progress}}))
     summary = train_from_config(cfg, config_path=config_path, out_dir=Path(out_dir) if out_dir else None)
     click.echo(json.dumps(summary, indent=1, default=float))

@@ -20,11 +20,13 @@ class DataConfig(BaseModel):
     """Where the campaign comes from and how it is split."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: Literal["hillstrom", "synth", "mapped"] = "hillstrom"
+    dataset: Literal["hillstrom", "synth", "mapped", "spec"] = "hillstrom"
     outcome: Literal["visit", "conversion", "spend"] = Field(
         "visit", description="Hillstrom outcome; for other campaigns conversion/spend pick the metric outcome")
     data_path: str | None = None
     mapping: str | None = None
+    spec: str | None = Field(None, description="a data spec YAML (dataset 'spec'): files, semantics, economics")
+    spec_set: dict = Field(default_factory=dict, description="dotted-key overrides of the data spec (--data-set)")
     synth_dir: str | None = None
     customers: int = Field(20_000, ge=100)
     synth_seed: int = 0
@@ -47,7 +49,7 @@ class UpliftConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     net: NetConfig = Field(default_factory=NetConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    policy: PolicyConfig = Field(description="the campaign economics (margin, contact cost; no defaults: money)")
     budget_shares: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0],
                                        description="budgets as shares of the unconstrained spend (profit curve)")
     register_model: bool = False

@@ -246,29 +246,44 @@ def from_campaign(campaign: pd.DataFrame, *, control: str, levels: list[str] | N
                   feature_columns: list[str] | None = None, discounts: dict[str, float] | None = None,
                   transactions: pd.DataFrame | None = None, customers: pd.DataFrame | None = None,
                   feature_date: str | None = None) -> CampaignData:
-    """A user's campaign log (canonical `campaign` table): features are its extra columns
-    (or `feature_columns`), or behaviour features from `transactions` before `feature_date`."""
+    """A user's campaign log (canonical `campaign` table). Features: behaviour features from `transactions`
+    strictly before `feature_date` plus the `customers` attributes (when transactions are given), and the log's
+    own extra columns (`feature_columns`, else every non-contract column when there are no transactions).
+
+    `discounts` must give every level's rate (control 0): a level without one is refused, never priced at 0."""
     levels = levels or [control] + sorted(set(campaign["treatment"].astype(str)) - {control})
     if levels[0] != control:
         levels = [control] + [lv for lv in levels if lv != control]
     codes = _treatment_codes(campaign["treatment"], levels)
+    reserved = {"customer_id", "treatment", "conversion", "revenue", "cost", "propensity"}
+    cols = feature_columns if feature_columns is not None else (
+        [] if transactions is not None else [c for c in campaign.columns if c not in reserved])
+    parts = []
     if transactions is not None:
         if feature_date is None:
             raise ValueError("behaviour features from transactions need a feature_date (the campaign date)")
-        feats = synth_features(transactions, customers, pd.Timestamp(feature_date), campaign["customer_id"])
-    else:
-        reserved = {"customer_id", "treatment", "conversion", "revenue", "cost", "propensity"}
-        cols = feature_columns or [c for c in campaign.columns if c not in reserved]
-        if not cols:
-            raise DataValidationError("campaign", None, "no feature columns: keep some in the column mapping "
-                                      "('keep: [...]') or give transactions and a feature date")
-        feats = campaign[cols].reset_index(drop=True)
+        parts.append(synth_features(transactions, customers, pd.Timestamp(feature_date), campaign["customer_id"]))
+    if cols:
+        own = campaign[cols].reset_index(drop=True)
+        clash = [c for c in cols if parts and c in parts[0].columns]
+        if clash:
+            raise DataValidationError("campaign", clash[0], "a kept column has the name of a behaviour feature "
+                                      "computed from the transactions; rename it in the file or drop it from keep")
+        parts.append(own)
+    if not parts:
+        raise DataValidationError("campaign", None, "no feature columns: keep some in the column mapping "
+                                  "('keep: [...]') or give transactions and a feature date")
+    feats = pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+    missing = [lv for lv in levels if lv != control and lv not in (discounts or {})]
+    if missing:
+        raise ValueError(f"no discount rate for campaign level {missing[0]!r}: give every level's rate "
+                         f"(economics.discounts.{missing[0]} in a data spec, policy.discounts in a config)")
     return CampaignData(
         customer_id=campaign["customer_id"].to_numpy(dtype=object), features=feats, treatment=codes,
         conversion=campaign["conversion"].to_numpy(dtype=float), revenue=campaign["revenue"].to_numpy(dtype=float),
         levels=levels, propensity=_known_propensity(campaign, codes, len(levels)),
         cost=campaign["cost"].to_numpy(dtype=float) if "cost" in campaign else None,
-        discounts={lv: float((discounts or {}).get(lv, 0.0)) for lv in levels},
+        discounts={lv: 0.0 if lv == control else float(discounts[lv]) for lv in levels},
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -21,9 +22,11 @@ def main_job_step(synth_dir: Path, workdir: Path) -> dict:
     t0 = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((Path(synth_dir) / "meta.json").read_text())
+    policy = {"margin": meta["margin"], "contact_cost": meta["contact_cost"]}  # the generator's own economics
     cfg = load_config(None, {"name": "uplift-main-job", "data": {"dataset": "synth", "synth_dir": str(synth_dir),
                                                                    "outcome": "conversion"},
-                             "net": FAST_NET, "trainer": FAST_TRAINER})
+                             "net": FAST_NET, "trainer": FAST_TRAINER, "policy": policy})
     summary = train_from_config(cfg, out_dir=workdir / "model")
     out = _score_all(cfg, workdir / "model" / "uplift_model.pt", workdir / "recommendations.parquet")
     m = summary["metrics"]

@@ -23,19 +23,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class PolicyConfig(BaseModel):
-    """Margin, costs and budget of a campaign. Discount rates default to the data's (0 for Hillstrom)."""
+    """Margin, contact cost, discount rates and budget of a campaign: money, so nothing has a default. The
+    margin and contact cost must be given; a level's rate comes from `discounts` or from the data (the
+    synthetic generator's meta, Hillstrom's e-mails at 0) and a level with neither is refused."""
 
     model_config = ConfigDict(extra="forbid")
-    margin: float = Field(0.4, gt=0, le=1e6, description="profit per unit of list-price (gross) revenue")
-    contact_cost: float = Field(0.1, ge=0, description="cost of contacting one customer with any level")
+    margin: float = Field(gt=0, le=1e6, description="profit per unit of list-price (gross) revenue")
+    contact_cost: float = Field(ge=0, description="cost of contacting one customer with any level")
     discounts: dict[str, float] | None = Field(None, description="discount rate per level (0 <= d < 1)")
     budget: float | None = Field(None, ge=0, description="total expected spend allowed; None = unconstrained")
 
     def discount_rates(self, levels: list[str], default: dict[str, float] | None = None) -> np.ndarray:
-        rates = {**(default or {}), **(self.discounts or {})}
-        d = np.array([float(rates.get(lv, 0.0)) for lv in levels])
+        """Rates in `levels` order (levels[0] is the control: 0 unless stated); a treated level without a rate
+        in `discounts` or in `default` (the data's own) is refused, never priced at 0."""
+        rates = {levels[0]: 0.0, **(default or {}), **(self.discounts or {})} if levels else {}
+        missing = [lv for lv in levels if lv not in rates]
+        if missing:
+            raise ValueError(f"no discount rate for level {missing[0]!r}: set policy.discounts.{missing[0]} "
+                             f"(economics.discounts.{missing[0]} in a data spec); levels {levels}")
+        d = np.array([float(rates[lv]) for lv in levels])
         if ((d < 0) | (d >= 1)).any():
             raise ValueError(f"discount rates must lie in [0, 1), got {dict(zip(levels, d.tolist(), strict=True))}")
+        if levels and d[0] != 0.0:
+            raise ValueError(f"the control level {levels[0]!r} gets no discount; its rate must be 0, got {d[0]}")
         return d
 
 

@@ -1,0 +1,38 @@
+"""Options every data-reading command shares: `--data SPEC` (a data spec YAML) and `--data-set KEY=VALUE`.
+
+Kept apart from `offerlab.cli` so the family command modules can import it without importing the main CLI.
+"""
+
+from __future__ import annotations
+
+import click
+
+DATA_HELP = ("Your data spec YAML (files, column mapping, semantics, economics, protocol dates); "
+             "`offerlab data init FILES...` writes a draft.")
+
+
+def data_spec_options(f):
+    """Add `--data SPEC` and `--data-set KEY=VALUE` (repeatable) to a click command."""
+    f = click.option("--data-set", "data_sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override one key of the data spec, e.g. --data-set economics.margin=0.35 (repeatable).")(f)
+    return click.option("--data", "data_spec", type=click.Path(dir_okay=False), default=None, help=DATA_HELP)(f)
+
+
+def open_spec(path: str | None, sets: tuple[str, ...] = ()):
+    """The loaded `SpecData` of `--data` (with `--data-set` applied), or None without `--data`."""
+    if path is None:
+        if sets:
+            raise ValueError("--data-set changes a key of a data spec: give the spec with --data SPEC")
+        return None
+    from offerlab.data.spec import SpecData, parse_sets
+
+    return SpecData.load(path, parse_sets(sets))
+
+
+def refuse_beside_spec(**given: object) -> None:
+    """`--data` names the data: refuse data options that would name it a second time."""
+    for name, value in given.items():
+        if value not in (None, False, ()):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} and --data both name the data: drop {flag} (the data spec says where the "
+                             "data are; change one of its keys with --data-set KEY=VALUE)")
