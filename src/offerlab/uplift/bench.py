@@ -74,9 +74,18 @@ def load_campaign(cfg: UpliftConfig) -> tuple[CampaignData, pd.DataFrame | None,
     m = read_mapping(dc.mapping)
     if m.table != "campaign":
         raise ValueError(f"the column mapping {dc.mapping} fills table {m.table!r}; the uplift bench needs 'campaign'")
+    if m.control is None:
+        raise ValueError(f"the column mapping {dc.mapping} names no control level: set control (the level that got "
+                         "no offer)")
     camp = load_mapped(dc.data_path, dc.mapping)
-    control = m.control or camp["treatment"].iloc[0]
-    return D.from_campaign(camp, control=control, levels=m.treatments, discounts=cfg.policy.discounts), None, {}
+    levels = [m.control] + [lv for lv in (m.treatments or sorted(set(camp["treatment"].astype(str))))
+                            if lv != m.control]
+    rates = cfg.policy.discount_rates(levels)
+    if (rates > 0).any():  # a bare mapping cannot say whether revenue is net or gross of the discount
+        raise ValueError("a campaign with discounts needs its revenue semantics declared (net of the discount or "
+                         "list price): describe it in a data spec (--data SPEC, semantics.revenue)")
+    return D.from_campaign(camp, control=m.control, levels=levels, discounts=dict(zip(levels, rates.tolist(),
+                                                                                      strict=True))), None, {}
 
 
 def make_model(name: str, cfg: UpliftConfig, seed: int):
