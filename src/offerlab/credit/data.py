@@ -23,6 +23,17 @@ import pandas as pd
 NON_FEATURES = ("application_id", "customer_id", "applied_at", "default")
 BEHAVIOUR_PREFIX = "beh_"
 WINDOWS = (30, 90, 180, 365)  # days of purchase history counted before the application
+AMOUNT_SHAPE = ("log_amount_mean", "log_amount_sd")  # the shape statistics that need amounts
+
+
+def needs_amount(column: str) -> bool:
+    """Whether a feature column is built from purchase amounts (absent for a log without amounts)."""
+    from offerlab.data.features import is_amount_feature
+
+    if not column.startswith(BEHAVIOUR_PREFIX):
+        return False
+    name = column.removeprefix(BEHAVIOUR_PREFIX)
+    return name in AMOUNT_SHAPE or is_amount_feature(name)
 
 
 def application_features(
@@ -48,7 +59,9 @@ def application_features(
 def behaviour_at_application(
     applications: pd.DataFrame, transactions: pd.DataFrame, categories: list[str] | None = None
 ) -> pd.DataFrame:
-    """Behaviour features from each applicant's purchases strictly before `applied_at`, prefixed `beh_`."""
+    """Behaviour features from each applicant's purchases strictly before `applied_at`, prefixed `beh_`.
+
+    Without an ``amount`` column the amount features are left out (`offerlab.data.features`)."""
     from offerlab.data.features import behaviour_features_at
 
     anchors = pd.DataFrame(
@@ -70,6 +83,7 @@ def history_shape_statistics(applications: pd.DataFrame, transactions: pd.DataFr
     multiplicative), the mean log gap between purchases (exact times, not whole days) and
     log(mean gap) - mean(log gap), the sufficient statistic for the shape of gamma-distributed gaps
     (small = regular buyer). NaN where undefined (no purchase, fewer than two gaps for the shape).
+    Without an ``amount`` column the two amount statistics are left out; the gap statistics stay.
     Vectorised: one sort of the events, cumulative sums, two searchsorted look-ups per application.
     """
     from offerlab.data.sequences import event_columns, factorize_ids, timestamps_ns
@@ -81,15 +95,17 @@ def history_shape_statistics(applications: pd.DataFrame, transactions: pd.DataFr
     return pd.DataFrame(shape_arrays(codes, ts, amount, app_code, when), index=applications.index)
 
 
-def shape_arrays(codes: np.ndarray, ts: np.ndarray, amount: np.ndarray, app_code: np.ndarray,
+def shape_arrays(codes: np.ndarray, ts: np.ndarray, amount: np.ndarray | None, app_code: np.ndarray,
                  when: np.ndarray) -> dict[str, np.ndarray]:
-    """`history_shape_statistics` on arrays: event customer codes, int64-ns times and amounts; per
-    application its customer's code (-1 = no events) and instant (int64 ns). Keys carry the `beh_` prefix."""
+    """`history_shape_statistics` on arrays: event customer codes, int64-ns times and amounts (None: no
+    amount statistics); per application its customer's code (-1 = no events) and instant (int64 ns).
+    Keys carry the `beh_` prefix."""
     from offerlab.data.sequences import EventIndex
 
     index = EventIndex(codes, ts)
     o = index.order
-    c, t, logamt = codes[o], ts[o], np.log(np.maximum(amount[o], 1e-2))
+    c, t = codes[o], ts[o]
+    logamt = np.log(np.maximum(amount[o], 1e-2)) if amount is not None else np.zeros(len(c))
     same = np.zeros(len(c), dtype=bool)
     same[1:] = c[1:] == c[:-1]
     gap = np.where(same, np.diff(t, prepend=t[:1]) / 8.64e13, 0.0)  # days since the customer's previous purchase
@@ -113,8 +129,8 @@ def shape_arrays(codes: np.ndarray, ts: np.ndarray, amount: np.ndarray, app_code
         sd_log = np.where(n > 1, np.sqrt(np.maximum(s2 / n - mean_log**2, 0.0)), np.nan)
         mean_loggap = np.where(m > 0, slg / m, np.nan)
         shape_stat = np.where(m > 1, np.log(sg / m) - mean_loggap, np.nan)
-    out = {"log_amount_mean": mean_log, "log_amount_sd": sd_log, "log_gap_mean": mean_loggap,
-           "gap_shape_stat": shape_stat, "n_gaps": m}
+    out = {"log_amount_mean": mean_log, "log_amount_sd": sd_log} if amount is not None else {}
+    out.update({"log_gap_mean": mean_loggap, "gap_shape_stat": shape_stat, "n_gaps": m})
     return {BEHAVIOUR_PREFIX + k: v for k, v in out.items()}
 
 
@@ -213,7 +229,13 @@ class FeatureEncoder:
                 "ple": np.concatenate(ple) if ple else empty}
 
     def check_columns(self, X: pd.DataFrame) -> None:
+        from offerlab.data.schema import DataValidationError
+
         missing = [c for c in self.categorical + self.numeric if c not in X.columns]
+        if missing and all(needs_amount(c) for c in missing):
+            raise DataValidationError(
+                "transactions", "amount", f"the credit model was trained with purchase-amount features {missing[:10]}; "
+                "the transactions to score have no 'amount' column")
         if missing:
             raise ValueError(f"application features are missing column(s) the model was trained on: {missing[:10]}")
 

@@ -16,6 +16,12 @@ Columns (one row per customer / anchor):
 - ``n_categories`` distinct known categories bought; ``cat_share_<name>`` share of purchases in each
   category of the vocabulary (unknown / missing categories count in ``frequency`` but in no share).
 
+Amounts are optional. A date-only purchase log (a `transactions` table without an ``amount`` column)
+gets no amount features (`is_amount_feature`: ``monetary_total``, ``monetary_mean``, ``amount_std``,
+``last_amount``, ``spend_{w}d``): they are left out of the frame (not NaN, not 0, so a model fitted on
+such a log never takes them for "no spend"), with one INFO log line per call; every other column is
+the same as with amounts.
+
 Fill values without history (``has_history`` = 0, only from `behaviour_features_at`): counts, sums,
 shares, ``n_categories`` and ``trend`` are 0, ``trend_ratio`` is 1; recency, tenure, means, stds,
 ``last_amount`` and the gap statistics are NaN. The same NaNs appear where a statistic is undefined
@@ -35,6 +41,8 @@ later events.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,7 +59,15 @@ from offerlab.data.sequences import (
     to_ns,
 )
 
+log = logging.getLogger(__name__)
 TREND_DAYS = 90
+AMOUNT_FEATURES = ("monetary_total", "monetary_mean", "amount_std", "last_amount")  # plus spend_<w>d
+NO_AMOUNTS = "transactions carry no amounts: monetary features left out"
+
+
+def is_amount_feature(name: str) -> bool:
+    """Whether a behaviour feature column needs amounts (absent for a log without an ``amount`` column)."""
+    return name in AMOUNT_FEATURES or re.fullmatch(r"spend_[0-9.e+-]+d", name) is not None
 
 
 def _cumsum0(x: np.ndarray, dtype: type = np.int64) -> np.ndarray:
@@ -87,7 +103,7 @@ def _window_name(w: float) -> str:
 def _features_core(
     codes: np.ndarray,
     ts: np.ndarray,
-    amount: np.ndarray,
+    amount: np.ndarray | None,
     cat: np.ndarray,
     vocab: list[str],
     n_cust: int,
@@ -96,10 +112,14 @@ def _features_core(
     windows: Sequence[float],
     inclusive: bool,
 ) -> dict[str, np.ndarray]:
-    """Feature arrays for anchors (a_code, a_ts); a_code = -1 marks a customer without any events."""
+    """Feature arrays for anchors (a_code, a_ts); a_code = -1 marks a customer without any events.
+
+    ``amount=None`` (no amounts): the amount features are left out of the result.
+    """
     index = EventIndex(codes, ts)
     order = index.order
-    code_s, ts_s, amt_s = codes[order], ts[order], amount[order]
+    code_s, ts_s = codes[order], ts[order]
+    amt_s = amount[order] if amount is not None else None
     cat_s = cat[order]
     del order
     n = len(ts_s)
@@ -120,12 +140,13 @@ def _features_core(
     del dgap, newday
 
     # amounts: per-customer cumulative sums (shifted by the customer's first amount for the variance)
-    k0 = amt_s[offsets[:-1][counts > 0]] if n else np.zeros(0)
-    k_cust = np.zeros(n_cust)
-    k_cust[counts > 0] = k0
-    shifted = amt_s - k_cust[code_s]
-    cum_amt, cum_sq = segment_cumsum(np.stack([amt_s, shifted * shifted], 1), code_s, offsets, counts)
-    del shifted
+    if amt_s is not None:
+        k0 = amt_s[offsets[:-1][counts > 0]] if n else np.zeros(0)
+        k_cust = np.zeros(n_cust)
+        k_cust[counts > 0] = k0
+        shifted = amt_s - k_cust[code_s]
+        cum_amt, cum_sq = segment_cumsum(np.stack([amt_s, shifted * shifted], 1), code_s, offsets, counts)
+        del shifted
 
     # anchor look-ups, in (customer, time) order: sorted queries make np.searchsorted cache-friendly
     perm = None
@@ -168,17 +189,18 @@ def _features_core(
     out["frequency"] = freq
     npd = cum_days[end] - cum_days[start]
     out["n_purchase_days"] = npd
-    total = span_sum(cum_amt, start)
-    out["monetary_total"] = total
-    mean = on_hist(total / safe_n)
-    out["monetary_mean"] = mean
-    if n:
-        mean_shift = mean - k_cust[c]
-        var = np.maximum(cum_sq[last] / safe_n - mean_shift * mean_shift, 0.0)
-        out["amount_std"] = on_hist(np.sqrt(var))
-        out["last_amount"] = on_hist(amt_s[last])
-    else:
-        out["amount_std"] = out["last_amount"] = np.full(len(c), nan)
+    if amt_s is not None:
+        total = span_sum(cum_amt, start)
+        out["monetary_total"] = total
+        mean = on_hist(total / safe_n)
+        out["monetary_mean"] = mean
+        if n:
+            mean_shift = mean - k_cust[c]
+            var = np.maximum(cum_sq[last] / safe_n - mean_shift * mean_shift, 0.0)
+            out["amount_std"] = on_hist(np.sqrt(var))
+            out["last_amount"] = on_hist(amt_s[last])
+        else:
+            out["amount_std"] = out["last_amount"] = np.full(len(c), nan)
     k = npd - 1
     two = k > 0
     safe_k = np.maximum(k, 1)
@@ -201,7 +223,8 @@ def _features_core(
     for w in windows:
         lo = low(w)
         out[f"count_{_window_name(w)}"] = np.maximum(end - lo, 0)
-        out[f"spend_{_window_name(w)}"] = span_sum(cum_amt, lo)
+        if amt_s is not None:
+            out[f"spend_{_window_name(w)}"] = span_sum(cum_amt, lo)
     recent = np.maximum(end - low(TREND_DAYS), 0)
     before = np.maximum(low(TREND_DAYS) - low(2 * TREND_DAYS), 0)
     out["trend"] = recent - before
@@ -246,6 +269,8 @@ def behaviour_features(
     """
     windows = _check_windows(windows)
     cid, ts_all, amount_all, cat_all = event_columns(transactions)
+    if amount_all is None:
+        log.info(NO_AMOUNTS)
     as_of_ns = to_ns(as_of)
     rows = np.flatnonzero(ts_all <= as_of_ns if inclusive else ts_all < as_of_ns)
     codes_all, uniq = factorize_ids(cid)
@@ -261,7 +286,7 @@ def behaviour_features(
     feats = _features_core(
         codes,
         ts_all[rows],
-        amount_all[rows],
+        amount_all[rows] if amount_all is not None else None,
         cat,
         vocab,
         n_cust,
@@ -292,6 +317,8 @@ def behaviour_features_at(
         if col not in anchors.columns:
             raise ValueError(f"anchors lack column {col!r}; present: {list(anchors.columns)}")
     cid, ts, amount, cat_all = event_columns(transactions)
+    if amount is None:
+        log.info(NO_AMOUNTS)
     a_ts = timestamps_ns(anchors[time_col], "anchors", time_col)
     codes, uniq = factorize_ids(cid)
     lut, ids = sorted_lut(uniq)

@@ -12,6 +12,8 @@ Conventions (shared with `offerlab.data.features`):
 - **Categories.** Index 0 is reserved for padding / unknown / missing; real categories are 1..C with
   ``categories[i-1]`` the name of index ``i``. ``categories=None`` learns the sorted vocabulary from the
   visible events; a given vocabulary maps unseen categories to 0.
+- **Amounts.** Optional: a date-only purchase log (no ``amount`` column) gives ``log_amount`` all 0 and
+  ``EventSequences.has_amount`` False, so a model reading it can tell "no amounts" from "zero spend".
 - **Days.** Times are measured in days (86,400 s) on naive timestamps (tz-aware input is converted to
   UTC and made naive, as `validate_table` does); a "calendar day" is the date of that timestamp.
 
@@ -79,20 +81,28 @@ def timestamps_ns(values: pd.Series | np.ndarray, table: str = "transactions", c
     return s.to_numpy(dtype="datetime64[ns]").view(np.int64)
 
 
-def event_columns(transactions: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray, pd.Series | None]:
-    """(customer_id, timestamp ns, amount float64, category or None) of a `transactions` table."""
-    for col in ("customer_id", "timestamp", "amount"):
+def event_columns(
+    transactions: pd.DataFrame,
+) -> tuple[pd.Series, np.ndarray, np.ndarray | None, pd.Series | None]:
+    """(customer_id, timestamp ns, amount float64 or None, category or None) of a `transactions` table.
+
+    ``amount`` is None when the table has no ``amount`` column (a date-only purchase log); when the
+    column is there, a negative or missing amount is refused.
+    """
+    for col in ("customer_id", "timestamp"):
         if col not in transactions.columns:
             raise DataValidationError(
                 "transactions", col, f"missing required column; present: {list(transactions.columns)}"
             )
     ts = timestamps_ns(transactions["timestamp"])
-    amount = transactions["amount"].to_numpy(dtype=np.float64)
-    bad = ~(amount >= 0)
-    if bad.any():
-        raise DataValidationError(
-            "transactions", "amount", "negative or missing amount", f"row {transactions.index[bad][0]!r}"
-        )
+    amount = None
+    if "amount" in transactions.columns:
+        amount = transactions["amount"].to_numpy(dtype=np.float64)
+        bad = ~(amount >= 0)
+        if bad.any():
+            raise DataValidationError(
+                "transactions", "amount", "negative or missing amount", f"row {transactions.index[bad][0]!r}"
+            )
     cat = transactions["category"] if "category" in transactions.columns else None
     return transactions["customer_id"], ts, amount, cat
 
@@ -268,7 +278,7 @@ class EventSequences:
     customer_ids: np.ndarray  # (n_customers,) str (object), sorted
     offsets: np.ndarray  # (n_customers+1,) int64
     gap_days: np.ndarray  # (n_events,) float32
-    log_amount: np.ndarray  # (n_events,) float32, log1p(amount)
+    log_amount: np.ndarray  # (n_events,) float32, log1p(amount); 0 without amounts (see `has_amount`)
     category: np.ndarray  # (n_events,) int64, 0 = unknown/padding, 1..C
     calendar: np.ndarray  # (n_events, len(CALENDAR_FEATURES)) float32
     event_time_days: np.ndarray  # (n_events,) float64, days since `origin`
@@ -278,6 +288,7 @@ class EventSequences:
     categories: list[str]
     absent_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     calendar_names: tuple[str, ...] = CALENDAR_FEATURES
+    has_amount: bool = True  # False: built from a log without amounts, `log_amount` is all 0
 
     @property
     def lengths(self) -> np.ndarray:
@@ -328,6 +339,7 @@ class EventSequences:
             categories=list(self.categories),
             absent_ids=self.absent_ids,
             calendar_names=self.calendar_names,
+            has_amount=self.has_amount,
         )
 
     def padded(
@@ -391,8 +403,10 @@ def build_sequences(
     """Per-customer event sequences from `transactions` with ``timestamp <= as_of`` (``< as_of`` if not inclusive).
 
     ``same_day="merge"`` turns all purchases of one customer on one calendar day into one event: amount
-    summed, category of the largest purchase (first one on ties), timestamp of the first purchase that day
-    (BTYD counts purchase days). ``max_len`` keeps each customer's most recent ``max_len`` events.
+    summed, category of the largest purchase (first one on ties; without amounts the first purchase's),
+    timestamp of the first purchase that day (BTYD counts purchase days). A table without an ``amount``
+    column (a date-only purchase log) gives ``log_amount`` all 0 and ``has_amount=False``.
+    ``max_len`` keeps each customer's most recent ``max_len`` events.
     ``origin`` (default: midnight of the earliest visible event) anchors ``event_time_days``.
     Customers without visible events get no sequence; their ids are in ``absent_ids``.
     """
@@ -411,7 +425,8 @@ def build_sequences(
     appears = np.bincount(codes_all, minlength=len(uniq_all)) > 0
     absent_ids = np.sort(uniq_all[appears & ~present])
     lut, customer_ids = sorted_lut(uniq_all, present)
-    codes, ts, amount = lut[codes_all[rows]], ts_all[rows], amount_all[rows]
+    codes, ts = lut[codes_all[rows]], ts_all[rows]
+    amount = amount_all[rows] if amount_all is not None else None
     if cat_all is not None:
         cat, vocab = category_index(cat_all.iloc[rows], None, categories)
     else:
@@ -424,7 +439,7 @@ def sequences_from_arrays(
     codes: np.ndarray,
     customer_ids: np.ndarray,
     ts: np.ndarray,
-    amount: np.ndarray,
+    amount: np.ndarray | None,
     cat: np.ndarray,
     vocab: list[str],
     as_of_ns: int,
@@ -437,11 +452,14 @@ def sequences_from_arrays(
     """The numpy core of `build_sequences`, for events that are already visible and validated.
 
     ``codes`` are dense customer codes into the sorted ``customer_ids`` (every customer has an event),
-    ``ts`` int64 ns, ``cat`` category indices (0 = unknown) into ``vocab``. The serving fast path
+    ``ts`` int64 ns, ``amount`` float64 or None (no amounts: ``log_amount`` all 0, ``has_amount=False``),
+    ``cat`` category indices (0 = unknown) into ``vocab``. The serving fast path
     (`offerlab.serving.fastpath`) calls it straight from request arrays, skipping the frame plumbing.
     """
+    has_amount = amount is not None
     order = EventIndex(codes, ts).order
-    codes, ts, amount, cat = codes[order], ts[order], amount[order], cat[order]
+    codes, ts, cat = codes[order], ts[order], cat[order]
+    amount = amount[order] if has_amount else np.zeros(len(ts))
     n = len(ts)
     first = np.ones(n, dtype=bool)
     np.not_equal(codes[1:], codes[:-1], out=first[1:])
@@ -451,13 +469,16 @@ def sequences_from_arrays(
         new = first.copy()
         new[1:] |= day[1:] != day[:-1]
         starts = np.flatnonzero(new)
-        gid = np.cumsum(new) - 1
-        gmax = np.maximum.reduceat(amount, starts)
-        cand = np.flatnonzero(amount == gmax[gid])
-        keep = np.ones(len(cand), dtype=bool)
-        keep[1:] = gid[cand[1:]] != gid[cand[:-1]]
-        cat = cat[cand[keep]]
-        amount = np.add.reduceat(amount, starts)
+        if has_amount:  # the category of the day's largest purchase, the first one on ties
+            gid = np.cumsum(new) - 1
+            gmax = np.maximum.reduceat(amount, starts)
+            cand = np.flatnonzero(amount == gmax[gid])
+            keep = np.ones(len(cand), dtype=bool)
+            keep[1:] = gid[cand[1:]] != gid[cand[:-1]]
+            cat = cat[cand[keep]]
+            amount = np.add.reduceat(amount, starts)
+        else:  # no amounts to rank by: the day's first purchase
+            cat, amount = cat[starts], amount[starts]
         codes, ts, first = codes[starts], ts[starts], first[starts]
         n = len(ts)
 
@@ -492,4 +513,5 @@ def sequences_from_arrays(
         origin=pd.Timestamp(origin_ns),
         categories=list(vocab),
         absent_ids=np.empty(0, dtype=object) if absent_ids is None else absent_ids,
+        has_amount=has_amount,
     )

@@ -38,7 +38,7 @@ class HistoryArrays:
 
     codes: np.ndarray  # int64 batch position of each event
     ts: np.ndarray  # int64 ns
-    amount: np.ndarray  # float64
+    amount: np.ndarray | None  # float64; None for histories without amounts (the library's date-only logs)
     category: np.ndarray  # object: str or None
     as_of: np.ndarray  # int64 ns, one per request
     ids: list[str]  # r000000, r000001, ...: sorted, so batch positions are the library's dense customer codes
@@ -60,13 +60,17 @@ class HistoryArrays:
         """The library's `transactions` table of this batch (customer_id, timestamp, amount, category).
 
         Ids are categorical: the library then takes their codes as they are (no hashing pass over the rows).
+        Without amounts the table has no `amount` column.
         """
-        return pd.DataFrame({
+        cols = {
             "customer_id": pd.Categorical.from_codes(self.codes, categories=self.ids),
             "timestamp": self.ts.view("datetime64[ns]"),
             "amount": self.amount,
             "category": pd.Series(self.category, dtype=object),
-        })
+        }
+        if self.amount is None:
+            del cols["amount"]
+        return pd.DataFrame(cols)
 
 
 _RECENT = threading.local()  # per thread: the last batch's arrays and features, for the next family's call

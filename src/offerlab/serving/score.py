@@ -5,7 +5,10 @@
 `predict` on chunks of customers, so memory stays bounded by the chunk while one pass covers millions.
 
 Inputs (parquet):
-- timing, discount, offers: a transactions table (customer_id, timestamp, amount, category);
+- timing, discount, offers: a transactions table (customer_id, timestamp, optional amount, category).
+  Without `amount` (a date-only purchase log) a timing model trained on dates alone scores as usual; a
+  model that needs amounts (timing trained with them, uplift or credit on spend features) is refused with
+  an error naming the column;
   discount and offers may add a customers table (customer_id + the static attributes the uplift model
   was trained on, e.g. region, age_band, signup_channel, acquired_at).
 - credit: an applications table (application fields + customer_id, applied_at); behaviour features
@@ -35,8 +38,8 @@ log = logging.getLogger(__name__)
 # command family -> registered model family
 MODEL_FAMILY = {"timing": "timing", "discount": "uplift", "credit": "credit"}
 COMMANDS = (*MODEL_FAMILY, "offers")
-TX_COLUMNS = ("customer_id", "timestamp", "amount")
-TX_OPTIONAL = ("category",)
+TX_COLUMNS = ("customer_id", "timestamp")
+TX_OPTIONAL = ("amount", "category")
 APP_COLUMNS = ("customer_id", "applied_at")
 
 
@@ -152,13 +155,53 @@ def n_customers(inputs: ScoreInputs) -> int:
 
 
 # ------------------------------------------------------------------------------------- per family
+def no_amounts_error(family: str, what: str, path: str | Path | None = None) -> DataValidationError:
+    where = f" ({path})" if path else ""
+    return DataValidationError("transactions", "amount", f"the {family} model was trained with {what}; "
+                               f"the transactions to score{where} have no 'amount' column")
+
+
+def amounts_needed(family: str, model) -> str | None:
+    """What of a loaded model needs purchase amounts ("amounts", "purchase-amount features [...]"), or None."""
+    from offerlab.credit.data import needs_amount
+    from offerlab.data.features import is_amount_feature
+
+    inner = model.unwrap_python_model()
+    if family == "timing":
+        return "amounts" if getattr(getattr(inner, "predictor", None), "uses_amount", True) else None
+    if family == "uplift":
+        cols = [c for c in inner.model.encoder.raw_columns if is_amount_feature(c)]
+    else:
+        cols = [c for c in inner.model.feature_columns if needs_amount(c)]
+    return f"purchase-amount features {cols[:10]}" if cols else None
+
+
+def check_amounts(models: dict, inputs: ScoreInputs, path: str | Path) -> None:
+    """Refuse, before any scoring, a transactions file without `amount` for a model that needs amounts."""
+    tx = inputs.transactions
+    if tx is None or "amount" in tx.columns:
+        return
+    for key, model in models.items():
+        if key == "credit" and inputs.applications is not None and any(
+                c.startswith("beh_") for c in inputs.applications.columns):
+            continue  # behaviour features come with the applications; the transactions are not read
+        what = amounts_needed(MODEL_FAMILY[key], model)
+        if what:
+            raise no_amounts_error(MODEL_FAMILY[key], what, path)
+
+
 def score_timing(model, tx: pd.DataFrame, as_of: pd.Timestamp, n_samples: int = 100) -> pd.DataFrame:
     """Next-purchase answers per customer (the timing pyfunc at one instant for every chunk)."""
+    if "amount" not in tx.columns:  # checked here too: a model logged before amounts were optional requires them
+        predictor = getattr(model.unwrap_python_model(), "predictor", None)
+        if getattr(predictor, "uses_amount", True):
+            raise no_amounts_error("timing", "amounts")
     return model.predict(tx, params={"as_of": str(as_of), "n_samples": int(n_samples)})
 
 
 def discount_features(model, tx: pd.DataFrame, customers: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame:
     """The uplift model's raw feature columns for each customer in `tx` (plus customer_id), as in training."""
+    from offerlab.data.features import is_amount_feature
     from offerlab.uplift.data import synth_features
 
     ids = pd.unique(tx["customer_id"])
@@ -169,6 +212,8 @@ def discount_features(model, tx: pd.DataFrame, customers: pd.DataFrame | None, a
         if c not in feats.columns and c.startswith("cat_share_"):
             feats[c] = 0.0  # no purchase of that category in this chunk
     missing = [c for c in raw if c not in feats.columns]
+    if "amount" not in tx.columns and any(is_amount_feature(c) for c in missing):
+        raise no_amounts_error("uplift", f"purchase-amount features {[c for c in missing if is_amount_feature(c)]}")
     if missing:
         raise DataValidationError("customers", missing[0], "feature the uplift model needs: pass --customers with "
                                   "this attribute (or a model trained without it)")
@@ -296,6 +341,7 @@ def run_score(command: str, input_path: str | Path, output: str | Path, *, custo
     if command != "credit":
         when = parse_as_of(as_of) if as_of else default_as_of(inputs.transactions)
     models = load_models(command, model_uri, alias)
+    check_amounts(models, inputs, transactions if command == "credit" else input_path)
     t_load = time.perf_counter() - t0
     total = n_customers(inputs)
     parts = []

@@ -27,7 +27,8 @@ def timing_state(predictor, h: HistoryArrays):
 
     latest = int(h.as_of.max())
     cat, vocab = category_codes(h.category, np.ones(len(h.ts), dtype=bool), predictor.categories or None)
-    seqs = sequences_from_arrays(h.codes, np.asarray(h.ids, dtype=object), h.ts, h.amount, cat, vocab, latest,
+    amount = h.amount if getattr(predictor, "uses_amount", True) else None  # a dates-only model ignores amounts
+    seqs = sequences_from_arrays(h.codes, np.asarray(h.ids, dtype=object), h.ts, amount, cat, vocab, latest,
                                  same_day=predictor.same_day)
     ex, _ = build_examples(seqs, pd.Timestamp(latest), predictor.stats, use_calendar=predictor.use_calendar,
                            age_inputs=predictor.age_inputs)
@@ -36,7 +37,7 @@ def timing_state(predictor, h: HistoryArrays):
     own = h.as_of / 86_400e9
     ex.target_gap[last] = np.maximum(own - ex.abs_day[last], 0.0).astype(np.float32)
     with torch.inference_mode():
-        return predictor.encode_examples(ex, np.asarray(seqs.log_amount, dtype=np.float64))
+        return predictor.encode_examples(ex)
 
 
 class MixtureAnswers(EnsembleMixture):

@@ -39,7 +39,10 @@ N_NODES = 8  # Gauss-Legendre nodes over the death time inside a window
 
 def count_features(predictor: TimingPredictor, state: CustomerState) -> np.ndarray:
     """(N, F) inputs of the head: recency / frequency / age / last amount, the point process's answers, and
-    (with gap statistics) the customer's mean and spread of log gaps."""
+    (with gap statistics) the customer's mean and spread of log gaps.
+
+    A model trained on dates alone has last amount 0 in training and prediction alike (its state's
+    log-amounts are 0 and its stats mean 0, sd 1), so the column is a constant the head learns to ignore."""
     elapsed, step, tenure = state.elapsed.double().numpy(), state.step.numpy(), state.tenure.numpy()
     amount = (state.log_amount.numpy() - predictor.stats.amount_mean) / predictor.stats.amount_std
     cols = [np.log1p(elapsed), np.log1p(step), np.log1p(tenure), np.log1p(tenure + elapsed), amount]

@@ -73,12 +73,29 @@ class FeatureStats:
     amount_mean: float = 0.0
     amount_std: float = 1.0
     gap_stats: bool = False
+    uses_amount: bool = True  # False: trained on dates alone (the log-amount input is 0, amounts are ignored)
 
     @classmethod
-    def fit(cls, log_amount: np.ndarray, gap_stats: bool = False) -> FeatureStats:
-        if len(log_amount) == 0:
-            return cls(gap_stats=gap_stats)
+    def fit(cls, log_amount: np.ndarray, gap_stats: bool = False, uses_amount: bool = True) -> FeatureStats:
+        if len(log_amount) == 0 or not uses_amount:
+            return cls(gap_stats=gap_stats, uses_amount=uses_amount)
         return cls(float(np.mean(log_amount)), float(np.std(log_amount) or 1.0), gap_stats)
+
+
+def model_log_amount(seqs, stats: FeatureStats) -> np.ndarray:
+    """The log-amounts the model reads: the sequences' own, or 0 for a model trained on dates alone.
+
+    A model trained with amounts refuses sequences built without them: a constant 0 would read as
+    "every purchase was the smallest" and shift every answer without a word.
+    """
+    from offerlab.data.schema import DataValidationError
+
+    if not stats.uses_amount:
+        return np.zeros(len(seqs.log_amount))
+    if not getattr(seqs, "has_amount", True):
+        raise DataValidationError("transactions", "amount", "the timing model was trained with amounts; "
+                                  "the transactions to score have no 'amount' column")
+    return np.asarray(seqs.log_amount, dtype=np.float64)
 
 
 @dataclass
@@ -99,6 +116,7 @@ class TimingExamples:
     n_categories: int
     static: np.ndarray | None = None  # (n_customers, S)
     categories: list[str] = field(default_factory=list)
+    log_amount: np.ndarray | None = None  # (n_events,) raw log-amount as the model reads it (`model_log_amount`)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -169,6 +187,9 @@ def build_examples(seqs, as_of: str | pd.Timestamp, stats: FeatureStats | None =
     """Turn `EventSequences` (built as of `as_of`) into per-step examples.
 
     `gap_stats` only counts when `stats` is fitted here; given `stats`, its own `gap_stats` decides.
+    Likewise amounts: fitted here, `stats.uses_amount` is whether the sequences have amounts; given
+    `stats`, a model trained on dates alone ignores amounts and one trained with them refuses sequences
+    without them (`model_log_amount`).
 
     `validation_start`: score only what happens after that date (given the history before it): steps
     whose gap ended before it get weight 0, the gap spanning it is left-truncated at it. Used for the
@@ -195,8 +216,9 @@ def build_examples(seqs, as_of: str | pd.Timestamp, stats: FeatureStats | None =
     target_gap[:-1] = gap_in[1:]
     target_gap[last] = as_of_day - abs_day[last]
     target_gap = np.where(is_last, np.maximum(target_gap, 0.0), np.maximum(target_gap, MIN_GAP_DAYS))
-    log_amount = np.asarray(seqs.log_amount, dtype=np.float64)
-    stats = stats or FeatureStats.fit(log_amount, gap_stats)
+    stats = stats or FeatureStats.fit(np.asarray(seqs.log_amount, dtype=np.float64), gap_stats,
+                                      uses_amount=getattr(seqs, "has_amount", True))
+    log_amount = model_log_amount(seqs, stats)
     step = np.arange(len(t)) - first[cust]
     tenure = abs_day - abs_day[first][cust]
     category = np.asarray(seqs.category, dtype=np.int64)
@@ -231,6 +253,7 @@ def build_examples(seqs, as_of: str | pd.Timestamp, stats: FeatureStats | None =
         n_categories=len(seqs.categories),
         static=static_arr,
         categories=list(seqs.categories),
+        log_amount=log_amount,
     )
     return examples, stats
 

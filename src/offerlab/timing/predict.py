@@ -38,7 +38,7 @@ class CustomerState:
     last_day: torch.Tensor  # (N,) absolute day of the last purchase
     step: torch.Tensor  # (N,) index of the last purchase in the sequence
     tenure: torch.Tensor  # (N,) days from first to last purchase
-    log_amount: torch.Tensor  # (N,) raw log-amount of the last purchase
+    log_amount: torch.Tensor  # (N,) raw log-amount of the last purchase (0 for a model trained on dates alone)
     category: torch.Tensor  # (N,) category of the last purchase
     as_of_day: float
     gap_sums: torch.Tensor | None = None  # (N, 4) running gap sums at the last purchase (data.gap_sums)
@@ -59,10 +59,19 @@ class TimingPredictor:
         self.batch_events = batch_events
         self.age_inputs = age_inputs
 
+    @property
+    def uses_amount(self) -> bool:
+        """False for a model trained on dates alone: amounts in its input are ignored (kept with the stats)."""
+        return self.stats.uses_amount
+
     # -- encoding --------------------------------------------------------------------------------------
     def sequences(self, transactions: pd.DataFrame, as_of: str | pd.Timestamp):
+        """Sequences as the model was trained on them; a model trained on dates alone drops any amounts
+        first (same-day merging would otherwise pick each day's category by amount)."""
         from offerlab.data.sequences import build_sequences
 
+        if not self.uses_amount and "amount" in transactions.columns:
+            transactions = transactions.drop(columns="amount")
         return build_sequences(transactions, as_of, categories=self.categories or None, same_day=self.same_day)
 
     @torch.no_grad()
@@ -71,10 +80,12 @@ class TimingPredictor:
         seqs = self.sequences(transactions, as_of)
         ex, _ = build_examples(seqs, as_of, self.stats, use_calendar=self.use_calendar,
                                age_inputs=self.age_inputs)
-        return self.encode_examples(ex, np.asarray(seqs.log_amount, dtype=np.float64))
+        return self.encode_examples(ex)
 
     @torch.no_grad()
-    def encode_examples(self, ex: TimingExamples, log_amount: np.ndarray) -> CustomerState:
+    def encode_examples(self, ex: TimingExamples, log_amount: np.ndarray | None = None) -> CustomerState:
+        """`encode` of built examples; `log_amount` defaults to the examples' own (`ex.log_amount`)."""
+        log_amount = ex.log_amount if log_amount is None else log_amount
         n = ex.n_customers
         lengths = ex.lengths
         order = np.argsort(lengths, kind="stable")

@@ -219,7 +219,9 @@ def fit_timing(transactions: pd.DataFrame, cutoff: str | pd.Timestamp, cfg: Timi
     Per seed: early stopping on the last `validation_days` of the calibration period (the model sees
     histories only up to the start of that window; the window's gaps are scored given what came
     before), then, with `refit`, the same number of epochs on the whole period. `extra_callbacks` (e.g. an Optuna
-    pruning callback) join the early-stopping fit, the one with a validation loss.
+    pruning callback) join the early-stopping fit, the one with a validation loss. Without an `amount`
+    column the model trains on dates alone (`FeatureStats.uses_amount` False: amounts are then ignored
+    wherever it scores).
     """
     from offerlab.data.sequences import build_sequences
 
@@ -231,6 +233,8 @@ def fit_timing(transactions: pd.DataFrame, cutoff: str | pd.Timestamp, cfg: Timi
     use_cal = cfg.model.use_calendar
     kw = {"use_calendar": use_cal, "age_inputs": cfg.model.age_inputs, "gap_stats": cfg.model.gap_stats}
     ex_full, stats = build_examples(seqs_full, as_of, **kw)
+    if not stats.uses_amount:
+        log.info("transactions carry no amounts: the timing model trains on dates alone")
     ex_train, ex_val = ex_full, None
     if cfg.training.validation_days > 0:
         v_start = as_of - pd.Timedelta(days=cfg.training.validation_days)
@@ -270,6 +274,7 @@ def fit_timing(transactions: pd.DataFrame, cutoff: str | pd.Timestamp, cfg: Timi
     info["events_per_second"] = info["events_processed"] / max(info["train_seconds"], 1e-9)
     info["n_train_events"] = ex_full.n_events
     info["n_customers"] = ex_full.n_customers
+    info["uses_amount"] = stats.uses_amount
     predictor = TimingPredictor(models, stats, categories, same_day, use_cal, age_inputs=cfg.model.age_inputs)
     c = cfg.counts
     if c.enabled:
