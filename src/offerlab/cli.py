@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from offerlab.cli_options import data_spec_options, open_spec, refuse_beside_spec
 from offerlab.data.loaders import DataFileMissing, load_dataset
 from offerlab.data.schema import DataValidationError
 from offerlab.registry import FAMILIES
@@ -106,6 +107,60 @@ def data_load(dataset: str, data_path: str | None, mapping: str | None, out: str
         click.echo(f"wrote {len(df)} rows to {out}")
 
 
+@data.command("init")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default="offerlab_data.yaml", show_default=True,
+              help="The draft data spec to write.")
+@click.option("--name", default=None, help="A short name for the data (default: the output folder's name).")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def data_init(files: tuple[str, ...], out: str, name: str | None, force: bool) -> None:
+    """Write a commented draft data spec from your files (one per table: orders, campaign log, applications...).
+
+    Each file's table and columns are guessed from its header and a sample of rows; discount rates, revenue
+    meaning, label values, margin and contact cost are left blank for you to fill in (the commands refuse to
+    run until they are).
+
+    \b
+    Example:
+      offerlab data init orders.csv campaign.csv applications.csv --out mydata.yaml
+      offerlab data check --data mydata.yaml
+    """
+    from offerlab.data.draft import write_draft
+
+    path = write_draft(list(files), out, force=force, name=name)
+    text = path.read_text()
+    blanks = sum(1 for line in text.splitlines() if ": ~" in line or "~," in line or "FILL-IN" in line)
+    click.echo(f"wrote {path}: {blanks} line(s) to fill in (marked ~); then: offerlab data check --data {path}")
+
+
+@data.command("check")
+@data_spec_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Report folder (default: data_check/<spec name>).")
+@click.option("--track/--no-track", default=True, show_default=True, help="Log the report as an MLflow run.")
+def data_check(data_spec: str | None, data_sets: tuple[str, ...], out_dir: str | None, track: bool) -> None:
+    """Profile your data before modelling: a Markdown report with plots, logged to MLflow.
+
+    Per table rows, customers, dates, missing values; purchases: repeat buyers, inter-purchase times, who the
+    holdout can score; campaign: arms, outcomes, a randomisation check (can a classifier predict the arm?) and
+    propensity overlap; credit: default rate, leakage suspects, drift between the first and second half in time;
+    and per model family whether the spec is ready or which key it still needs.
+
+    \b
+    Example:
+      offerlab data check --data mydata.yaml
+    """
+    from offerlab.pipeline import check_data
+
+    spec = open_spec(data_spec, data_sets)
+    if spec is None:
+        raise ValueError("data check needs --data SPEC (a data spec; `offerlab data init FILES` drafts one)")
+    result = check_data(spec, Path(out_dir) if out_dir else Path("data_check") / spec.name, track=track)
+    for family, state in result["readiness"].items():
+        click.echo(f"{family:<7} {state}")
+    click.echo(f"report: {result['report']}" + (f"\nMLflow: {result['run_id']}" if result.get("run_id") else ""))
+
+
 @data.command("summary")
 @click.argument("synth_dir", type=click.Path(exists=True, file_okay=False))
 def data_summary(synth_dir: str) -> None:
@@ -126,20 +181,37 @@ def data_summary(synth_dir: str) -> None:
 
 
 @main.command("run")
-@click.option("--customers", "n_customers", type=click.IntRange(min=100), default=20_000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False), default="runs/main", show_default=True,
-              help="Folder for the synthetic data and outputs.")
-def run_main(n_customers: int, seed: int, workdir: str) -> None:
-    """The main job on the embedded default: synthetic data -> the models -> MLflow -> scored results.
+@data_spec_options
+@click.option("--customers", "n_customers", type=click.IntRange(min=100), default=None,
+              help="Synthetic customers (the embedded default; 20000).")
+@click.option("--seed", type=int, default=None, help="Synthetic seed (0).")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the outputs (default: runs/main, or runs/<spec name> with --data).")
+@click.option("--bench", is_flag=True, help="With --data: also benchmark every family against its peers.")
+@click.option("--quick", is_flag=True, help="With --data: small model settings, for a first look in minutes.")
+def run_main(data_spec: str | None, data_sets: tuple[str, ...], n_customers: int | None, seed: int | None,
+             workdir: str | None, bench: bool, quick: bool) -> None:
+    """The main job: data -> the models -> MLflow -> registry -> scored results.
+
+    Without --data it runs on the embedded synthetic marketplace. With --data (your data spec) it checks the
+    data, trains every family the spec supports, registers them as champions of your data, and writes the
+    scored files: reminders, the campaign's discount per customer, credit decisions, and the combined offers.
 
     \b
-    Example:
+    Examples:
       offerlab run --customers 20000 --seed 0
+      offerlab run --data mydata.yaml --bench
     """
-    from offerlab.pipeline import main_job
+    from offerlab.pipeline import main_job, spec_job
 
-    result = main_job(n_customers=n_customers, seed=seed, workdir=Path(workdir))
+    spec = open_spec(data_spec, data_sets)
+    if spec is None:
+        if bench or quick:
+            raise ValueError("--bench and --quick apply to your data: give --data SPEC")
+        result = main_job(n_customers=n_customers or 20_000, seed=seed or 0, workdir=Path(workdir or "runs/main"))
+    else:
+        refuse_beside_spec(customers=n_customers, seed=seed)
+        result = spec_job(spec, Path(workdir or f"runs/{spec.name}"), bench=bench, quick=quick)
     click.echo(json.dumps(result, indent=1, default=str))
 
 
@@ -187,8 +259,10 @@ def models_cmd(family: str | None) -> None:
 
 @main.command("score")
 @click.argument("command", type=click.Choice(["timing", "discount", "credit", "offers"]))
-@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
-              help="Transactions parquet (timing/discount/offers) or applications parquet (credit).")
+@data_spec_options
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None,
+              help="Transactions parquet (timing/discount/offers) or applications parquet (credit); "
+                   "with --data the spec's tables are read instead.")
 @click.option("--output", type=click.Path(dir_okay=False), required=True, help="Output parquet (one row per customer; "
               "per application for credit).")
 @click.option("--customers", type=click.Path(dir_okay=False), default=None,
@@ -204,26 +278,32 @@ def models_cmd(family: str | None) -> None:
 @click.option("--samples", "n_samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="Monte Carlo paths per customer for the expected purchase count (timing).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-def score_cmd(command: str, input_path: str, output: str, customers: str | None, applications: str | None,
-              transactions: str | None, model_uri: str | None, alias: str, as_of: str | None, chunk_size: int,
-              n_samples: int, force: bool) -> None:
+def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], input_path: str | None, output: str,
+              customers: str | None, applications: str | None, transactions: str | None, model_uri: str | None,
+              alias: str, as_of: str | None, chunk_size: int, n_samples: int, force: bool) -> None:
     """Batch-score a customer base with the registered models (the ones the services use).
 
     \b
     Inputs: transactions = customer_id, timestamp, amount[, category];
     customers = customer_id + attributes; applications = customer_id, applied_at + application fields.
     Examples:
+      offerlab score offers --data mydata.yaml --output offers.parquet
       offerlab score timing --input data/synth/transactions.parquet --output reminders.parquet
       offerlab score discount --input tx.parquet --customers customers.parquet --output discounts.parquet
       offerlab score credit --input applications.parquet --transactions tx.parquet --output credit.parquet
       offerlab score offers --input tx.parquet --customers customers.parquet --applications apps.parquet \\
           --output offers.parquet --alias challenger --force
     """
-    from offerlab.serving.score import run_score
+    from offerlab.serving.score import run_score, spec_inputs
 
+    spec = open_spec(data_spec, data_sets)
+    inputs = None
+    if spec is not None:
+        refuse_beside_spec(input=input_path, customers=customers, applications=applications, transactions=transactions)
+        inputs = spec_inputs(command, spec)
     summary = run_score(command, input_path, output, customers=customers, applications=applications,
                         transactions=transactions, model_uri=model_uri, alias=alias, as_of=as_of,
-                        chunk_size=chunk_size, n_samples=n_samples, force=force)
+                        chunk_size=chunk_size, n_samples=n_samples, force=force, inputs=inputs)
     click.echo(json.dumps(summary, indent=1))
 
 
@@ -241,23 +321,28 @@ def experiment() -> None:
 
 @experiment.command("run")
 @click.argument("spec", type=click.Path(dir_okay=False))
+@data_spec_options
 @click.option("--out-dir", type=click.Path(file_okay=False), default="experiments/results", show_default=True,
               help="Writes <out-dir>/<name>/<name>.json/.md/.csv and plots (whole, or not at all).")
 @click.option("--quick", is_flag=True, help="Smoke run: the family's tiny overlay plus the spec's `quick:` block, "
               "first seed only; outputs go to <out-dir>/<name>_quick/.")
 @click.option("--track/--no-track", default=True, show_default=True, help="Log the results as one MLflow run.")
-def experiment_run(spec: str, out_dir: str, quick: bool, track: bool) -> None:
+def experiment_run(spec: str, data_spec: str | None, data_sets: tuple[str, ...], out_dir: str, quick: bool,
+                   track: bool) -> None:
     """Run the spec through the family's benchmark and write its results table and plots.
 
     \b
     Examples:
       offerlab experiment run experiments/timing_cdnow.yaml
       offerlab experiment run experiments/credit_german.yaml --quick --no-track
+      offerlab experiment run experiments/credit_german.yaml --data mydata.yaml   # the protocol on your data
     """
+    from offerlab.data.spec import parse_sets
     from offerlab.experiment import run_experiment
     from offerlab.experiment_report import markdown_table
 
-    out = run_experiment(spec, out_dir, quick=quick, track=track)
+    out = run_experiment(spec, out_dir, quick=quick, track=track, data_spec=data_spec,
+                         data_sets=parse_sets(data_sets))
     click.echo(markdown_table(out["table"]))
     click.echo(f"wrote {', '.join(str(p) for p in out['files'])} in {out['seconds']:.0f}s")
     if out["run_link"]:
@@ -266,17 +351,19 @@ def experiment_run(spec: str, out_dir: str, quick: bool, track: bool) -> None:
 
 @experiment.command("check")
 @click.argument("spec", type=click.Path(dir_okay=False))
+@data_spec_options
 @click.option("--quick", is_flag=True, help="Check the quick-mode overlay too.")
-def experiment_check(spec: str, quick: bool) -> None:
+def experiment_check(spec: str, data_spec: str | None, data_sets: tuple[str, ...], quick: bool) -> None:
     """Validate a spec (keys, files, metric and peer names, overlay against the family config); run nothing.
 
     \b
     Example:
       offerlab experiment check experiments/uplift_hillstrom.yaml
     """
+    from offerlab.data.spec import parse_sets
     from offerlab.experiment import plan_experiment
 
-    plan = plan_experiment(spec, quick)
+    plan = plan_experiment(spec, quick, data_spec, parse_sets(data_sets))
     click.echo(f"ok: {plan.spec.family} on {plan.spec.data.dataset}, config {plan.config}, seeds {plan.seeds}, "
                f"peers {plan.peers}, metrics {plan.metrics}")
 

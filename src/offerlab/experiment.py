@@ -42,9 +42,12 @@ class _Strict(BaseModel):
 class DataSpec(_Strict):
     """Which data: a named data set, your file with a column mapping, or a synthetic marketplace."""
 
-    dataset: str = Field(description="cdnow / hillstrom / german / synth, or mapped (with data_path + mapping)")
+    dataset: str = Field(description="cdnow / hillstrom / german / synth, mapped (with data_path + mapping), or "
+                         "spec (with spec: a data spec YAML)")
     data_path: str | None = None
     mapping: str | None = None
+    spec: str | None = Field(None, description="a data spec YAML: the files, semantics, economics and dates")
+    spec_set: dict = Field(default_factory=dict, description="dotted-key overrides of the data spec")
     synth_dir: str | None = None
     customers: int | None = Field(None, ge=100, description="synthetic customers to generate")
     synth_seed: int | None = None
@@ -141,7 +144,11 @@ class Plan:
     quick: bool
 
 
-def _data_overrides(d: DataSpec, seed_key: str) -> dict:
+def _data_overrides(d: DataSpec, seed_key: str, family: str) -> dict:
+    if d.spec is not None:
+        from offerlab.data.spec import SpecData, family_overrides
+
+        return family_overrides(SpecData.load(d.spec, d.spec_set), family)
     values = {"dataset": d.dataset, "data_path": d.data_path, "mapping": d.mapping, "synth_dir": d.synth_dir,
               "customers": d.customers, seed_key: d.synth_seed}
     return {"data": {k: v for k, v in values.items() if v is not None}}
@@ -161,7 +168,8 @@ def _run_timing(plan: Plan, out: Path) -> list[dict]:
     return [run_bench(d.dataset, out.with_suffix(f".seed{s}.json"), data_path=d.data_path, mapping=d.mapping,
                       calibration_end=d.calibration_end, holdout_end=d.holdout_end, synth_dir=d.synth_dir,
                       customers=d.customers or 20_000, seed=d.synth_seed or 0, config=plan.config,
-                      models=("offerlab", *plan.peers), cfg_overrides=_timing_overlay(plan, s), progress=False)
+                      models=("offerlab", *plan.peers), cfg_overrides=_timing_overlay(plan, s), progress=False,
+                      spec=d.spec, spec_set=d.spec_set)
             for s in plan.seeds]
 
 
@@ -236,13 +244,16 @@ def _default_config(family: str, dataset: str) -> Path:
     return named if named.is_file() else folder / "default.yaml"
 
 
-def plan_experiment(spec_path: str | Path, quick: bool = False) -> Plan:
+def plan_experiment(spec_path: str | Path, quick: bool = False, data_spec: str | None = None,
+                    data_sets: dict | None = None) -> Plan:
     """Load a spec and check everything it names (files, metric and peer names, overlay keys) before any work."""
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
     fam = FAMILIES[spec.family]
+    if data_spec is not None:  # --data: the user's data replace the spec's data block
+        spec = spec.model_copy(update={"data": DataSpec(dataset="spec", spec=data_spec, spec_set=dict(data_sets or {}))})
     data = spec.data.model_copy(update={k: resolve_path(getattr(spec.data, k), f"data.{k}", spec_path)
-                                        for k in ("data_path", "mapping", "synth_dir")})
+                                        for k in ("data_path", "mapping", "synth_dir", "spec")})
     spec = spec.model_copy(update={"data": data})
     config = resolve_path(spec.config, "config", spec_path) or str(_default_config(spec.family, data.dataset))
     for key, names, allowed in (("report.metrics", spec.report.metrics, fam.metrics),
@@ -263,7 +274,7 @@ def plan_experiment(spec_path: str | Path, quick: bool = False) -> Plan:
                          f"(the protocol runs split_seed, split_seed + 1, ...); got {seeds}")
     seed_key = "seed" if spec.family == "credit" else "synth_seed"
     if spec.family != "timing":  # timing takes its data as bench arguments
-        overlay = deep_merge(overlay, _data_overrides(data, seed_key))
+        overlay = deep_merge(overlay, _data_overrides(data, seed_key, spec.family))
     try:
         fam.load_config(config, overlay)
     except ValueError as e:
@@ -294,7 +305,7 @@ def combine_runs(runs: list[dict], plan: Plan) -> dict:
 
 
 def run_experiment(spec_path: str | Path, out_dir: str | Path = "experiments/results", quick: bool = False,
-                   track: bool = True) -> dict:
+                   track: bool = True, data_spec: str | None = None, data_sets: dict | None = None) -> dict:
     """Run a spec; write <name>.json/.md/.csv and <name>_<plot>.png into `out_dir`/<name>/ (<name>_quick in quick mode).
 
     Returns {"files": [...], "table": DataFrame, "seconds": float, "run_link": str | None}.
@@ -303,7 +314,7 @@ def run_experiment(spec_path: str | Path, out_dir: str | Path = "experiments/res
 
     from offerlab.experiment_report import publish, results_table
 
-    plan = plan_experiment(spec_path, quick)
+    plan = plan_experiment(spec_path, quick, data_spec, data_sets)
     torch.set_num_threads(plan.spec.threads)
     stem = plan.spec.name + ("_quick" if quick else "")
     out_dir = Path(out_dir) / stem  # one folder per experiment: never collides with `offerlab bench` JSONs

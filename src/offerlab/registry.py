@@ -56,8 +56,13 @@ def _run_metric(client, run_id: str, metric: str, role: str) -> tuple[float, str
     return run.data.metrics[metric], run.data.tags.get(EVAL_FINGERPRINT_TAG)
 
 
-def promote(family: str, run_id: str, *, alias: str = CHAMPION, tolerance: float = 0.0) -> PromotionDecision:
-    """Register the run's model and move `alias` to it only if it beats the alias holder."""
+def promote(family: str, run_id: str, *, alias: str = CHAMPION, tolerance: float = 0.0,
+            replace_other_data: bool = False) -> PromotionDecision:
+    """Register the run's model and move `alias` to it only if it beats the alias holder.
+
+    `replace_other_data`: when the holder was evaluated on other data (the user switched the served data, as
+    `offerlab run --data` does), the candidate replaces it and the reason says so; on the same data the usual
+    rule holds."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -78,14 +83,18 @@ def promote(family: str, run_id: str, *, alias: str = CHAMPION, tolerance: float
         current = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         current = None
-    champ_value = None
+    champ_value, replaced = None, ""
     if current is not None:
         champ_value, champ_fp = _run_metric(client, current.run_id, metric, "champion")
-        if cand_fp != champ_fp:
+        if cand_fp != champ_fp and replace_other_data:
+            replaced = f" (replaces version {current.version}, which was evaluated on other data)"
+            champ_value = None
+        elif cand_fp != champ_fp:
             return PromotionDecision(
                 False, f"not comparable: the candidate was evaluated on data {cand_fp}, the champion (version "
                 f"{current.version}) on {champ_fp}; evaluate both on the same data", None, cand_value, champ_value)
-        better = cand_value < champ_value - tolerance if direction == "minimize" else cand_value > champ_value + tolerance
+        better = replaced or (cand_value < champ_value - tolerance if direction == "minimize"
+                              else cand_value > champ_value + tolerance)
         if not better:
             return PromotionDecision(
                 False, f"candidate {metric}={cand_value:.5g} does not beat champion version {current.version} "
@@ -94,7 +103,7 @@ def promote(family: str, run_id: str, *, alias: str = CHAMPION, tolerance: float
     client.set_registered_model_alias(name, alias, mv.version)
     client.set_model_version_tag(name, mv.version, metric, str(cand_value))
     reason = (f"version {mv.version} is now '{alias}': {metric}={cand_value:.5g}"
-              + (f" vs previous {champ_value:.5g}" if champ_value is not None else " (first champion)"))
+              + (f" vs previous {champ_value:.5g}" if champ_value is not None else replaced or " (first champion)"))
     log.info(reason)
     return PromotionDecision(True, reason, str(mv.version), cand_value, champ_value)
 

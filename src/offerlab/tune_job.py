@@ -22,6 +22,8 @@ from types import ModuleType
 import click
 import yaml
 
+from offerlab.cli_options import data_spec_options, open_spec
+
 log = logging.getLogger(__name__)
 PRUNED_TAG = "offerlab.trial_state"
 
@@ -125,18 +127,20 @@ def best_trial_run(parent_id: str, metric: str, direction: str) -> str | None:
 
 
 def run_tune(family: str, config: str, search: str, trials: int, storage: str, study: str, out: str,
-             overrides: dict[str, object], progress: bool) -> dict:
-    """Run or resume the study; returns what the command prints."""
+             overrides: dict[str, object], progress: bool, data_overrides: dict | None = None) -> dict:
+    """Run or resume the study; returns what the command prints. `data_overrides`: the config keys a data spec
+    sets (`offerlab.data.spec.family_overrides`), merged under the `--set` overrides."""
     import mlflow
 
     from offerlab import tracking
+    from offerlab.config import deep_merge
     from offerlab.tuning import apply_params, load_search_space, run_study
 
     module = family_module(family)
     _quiet_trials()
     space = load_search_space(search)
     check_space(family, module, space, search)
-    base = apply_params(module.base_config(config), overrides)
+    base = apply_params(deep_merge(module.base_config(config), data_overrides or {}), overrides)
     t0 = time.perf_counter()
     result = run_study(family, base, space, make_objective(family, module, space, study), trials=trials,
                        storage=storage, study_name=study, out_path=out, show_progress=progress)
@@ -151,8 +155,10 @@ def run_tune(family: str, config: str, search: str, trials: int, storage: str, s
 
 @click.command("tune")
 @click.argument("family", type=click.Choice(["timing", "uplift", "credit"]))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
-              help="The family's training config to start from (e.g. configs/credit/german.yaml).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="The family's training config to start from (e.g. configs/credit/german.yaml; with --data "
+                   "default: configs/<family>/default.yaml).")
+@data_spec_options
 @click.option("--search", "search_path", type=click.Path(dir_okay=False), default=None,
               help="Search space YAML (default: configs/<family>/search.yaml).")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
@@ -165,8 +171,9 @@ def run_tune(family: str, config: str, search: str, trials: int, storage: str, s
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Fixed config override for every trial, e.g. --set training.seeds=[0] (repeatable).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Optuna progress bar over trials.")
-def tune(family: str, config_path: str, search_path: str | None, trials: int, storage: str, study_name: str | None,
-         out: str | None, sets: tuple[str, ...], progress: bool) -> None:
+def tune(family: str, config_path: str | None, data_spec: str | None, data_sets: tuple[str, ...],
+         search_path: str | None, trials: int, storage: str, study_name: str | None, out: str | None,
+         sets: tuple[str, ...], progress: bool) -> None:
     """Tune a model family with Optuna: pruned trials, each a nested MLflow run; write the best config.
 
     Re-running the same command resumes a killed study; several workers may run it at once on one
@@ -174,19 +181,28 @@ def tune(family: str, config_path: str, search_path: str | None, trials: int, st
 
     \b
     Examples:
+      offerlab tune credit --data mydata.yaml --trials 12 --study credit-mine
       offerlab tune credit --config configs/credit/german.yaml --trials 12 --study credit-german
       offerlab tune timing --config configs/timing/cdnow.yaml --trials 10 --set training.seeds=[0] \\
           --storage journal:optuna/timing.log --study timing-cdnow --out configs/timing/cdnow_tuned.yaml
       offerlab tune uplift --config configs/uplift/hillstrom.yaml --storage postgresql://me@db/optuna --study u1
       offerlab promote credit --run <best_run_id printed above>
     """
-    study_name = study_name or f"{family}-{Path(config_path).stem}"
+    from offerlab.data.spec import family_overrides
+
+    spec = open_spec(data_spec, data_sets)
+    data_overrides = family_overrides(spec, family) if spec is not None else None
+    if config_path is None:
+        if spec is None:
+            raise ValueError("give --config (the family's training YAML) or --data (a data spec)")
+        config_path = str(Path(__file__).resolve().parents[2] / "configs" / family / "default.yaml")
+    study_name = study_name or f"{family}-{spec.name if spec else Path(config_path).stem}"
     if search_path is None:  # the working folder's configs/, else the checkout's
         rel = Path("configs") / family / "search.yaml"
         search_path = str(rel if rel.is_file() else Path(__file__).resolve().parents[2] / rel)
     out = out or f"best_{study_name}.yaml"
     summary = run_tune(family, config_path, search_path, trials, storage, study_name, out, parse_overrides(sets),
-                       progress)
+                       progress, data_overrides)
     click.echo(f"study {summary['study']}: {summary['finished']} trials ({summary['pruned']} pruned), best "
                f"{summary['metric']}={summary['best_value']:.5g} in {summary['seconds']:.0f}s")
     click.echo(f"best config: {summary['best_config']} (offerlab train {family} --config {summary['best_config']})")

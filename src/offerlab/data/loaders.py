@@ -260,6 +260,8 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
                                   strict=strict_timezone)
     if m.table == "transactions" and "order_id" not in out.columns:
         out["order_id"] = np.arange(len(out)).astype(str)
+    if m.table == "campaign" and "customer_id" not in out.columns:  # a bare campaign log: rows are the customers
+        out.insert(0, "customer_id", np.arange(len(out)).astype(str))
     if m.table == "applications":
         if "application_id" not in out.columns:
             out.insert(0, "application_id", np.arange(len(out)).astype(str))

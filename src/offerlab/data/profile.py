@@ -650,6 +650,9 @@ def render_markdown(profile: dict, title: str = "Data check", plots: dict | None
     lines = [f"# {title}", "",
              "Aggregates only: no customer id, no single amount, no row value. Quantiles and amount means are "
              f"reported over at least {s.get('min_group', MIN_GROUP)} values.", ""]
+    if profile.get("readiness"):  # set by `offerlab data check`: what each model family still needs
+        lines += ["## Ready to model?", "", "| family | state |", "| --- | --- |"]
+        lines += [f"| {f} | {state} |" for f, state in profile["readiness"].items()] + [""]
     lines += ["## Warnings", ""]
     lines += [f"- {w}" for w in profile.get("warnings", [])] or ["None."]
     lines += [""]

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from offerlab.config import deep_merge, expand_dotted
 from offerlab.data.loaders import ColumnMapping, DataFileMissing, load_mapped
@@ -43,6 +43,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _iso(v: object) -> object:
+    """YAML reads an unquoted 2024-06-30 as a date: keep it as the text it was."""
+    import datetime as dt
+
+    return v.isoformat() if isinstance(v, dt.date) else v
+
+
+DateText = Annotated[str, BeforeValidator(_iso)]
+
+
 class TableBlock(_Strict):
     """One table: the column-mapping format of `configs/data/*.yaml`, without `table:` (the block's key says it)."""
 
@@ -55,9 +65,10 @@ class TableBlock(_Strict):
     read_options: dict = Field(default_factory=dict)
     treatments: list[str] | None = Field(None, description="campaign: every level in the file (control included)")
     control: str | None = Field(None, description="campaign: the level that got no offer and no contact")
-    label_values: dict[str | int | bool, int] | None = Field(
-        None, description="raw label value -> 0/1 (applications: which value means default; campaign: conversion)")
-    applied_at: str | None = Field(None, description="applications: one date for a file that has none")
+    label_values: dict[str | int | bool, int | None] | None = Field(
+        None, description="raw label value -> 0/1 (applications: which value means default; campaign: conversion); "
+        "a blank (~) is refused when the table is read")
+    applied_at: DateText | None = Field(None, description="applications: one date for a file that has none")
 
     def mapping(self, table: str) -> ColumnMapping:
         return ColumnMapping(table=table, **self.model_dump())
@@ -68,7 +79,7 @@ class Semantics(_Strict):
         None, description="campaign revenue: net = what the customer paid (after the discount); gross = list price")
     timezone: str | None = Field(None, description="the zone whose calendar days count; timestamps with offsets "
                                  "are converted to it, naive ones are taken as local already")
-    campaign_feature_date: str | None = Field(
+    campaign_feature_date: DateText | None = Field(
         None, description="the day the campaign went out: behaviour features use purchases strictly before it")
     campaign_assignment: Literal["randomised", "targeted", "check"] = Field(
         "check", description="randomised (an RCT), targeted (chosen by the CRM), or check (measure it from the log)")
@@ -101,8 +112,8 @@ class Economics(_Strict):
 
 
 class Protocol(_Strict):
-    calibration_end: str | None = Field(None, description="timing: last day the models see (inclusive)")
-    holdout_end: str | None = Field(None, description="timing: last day of the holdout that scores them")
+    calibration_end: DateText | None = Field(None, description="timing: last day the models see (inclusive)")
+    holdout_end: DateText | None = Field(None, description="timing: last day of the holdout that scores them")
 
 
 class DataSpec(_Strict):
@@ -230,6 +241,10 @@ class SpecData:
         return self._tables[name]
 
     def _check_block(self, name: str, block: TableBlock) -> None:
+        for raw, v in (block.label_values or {}).items():
+            if v is None:
+                raise self.key_error(f"tables.{name}.label_values.{raw}", "is blank: 1 if this raw value means "
+                                     + ("default" if name == "applications" else "a conversion") + ", else 0")
         if name == "campaign" and block.control is None:
             raise self.key_error("tables.campaign.control", "not set: name the level that got no offer (no contact,"
                                  f" no discount); levels in the file: {self._raw_levels(block)}")
@@ -345,6 +360,36 @@ class SpecData:
             data.propensity = np.tile(shares, (len(data), 1))
         self._campaign = data
         return data
+
+    def campaign_features(self):
+        """The campaign's rows, levels and features without its economics (`data check` profiles a campaign before
+        its rates are filled in). The CampaignData's rates are placeholders: never price anything with it.
+        Behaviour features need semantics.campaign_feature_date; without it only the kept columns are used."""
+        from offerlab.uplift.data import from_campaign
+
+        block = self.spec.tables["campaign"]
+        camp, levels = self.table("campaign"), self.levels()
+        date = self.spec.semantics.campaign_feature_date
+        tx = self.table("transactions") if self.has("transactions") and date else None
+        cust = self.table("customers") if tx is not None and self.has("customers") else None
+        kept = [c for c in block.keep if c not in block.columns]
+        if tx is None and not kept:
+            return None
+        data = from_campaign(camp, control=levels[0], levels=levels, discounts=dict.fromkeys(levels, 0.0),
+                             feature_columns=kept or None, transactions=tx, customers=cust, feature_date=date)
+        data.assignment = self._declared_assignment(data)
+        return data
+
+    def readiness(self) -> dict[str, str]:
+        """Per family: "ready", or the first key the spec still has to set for it."""
+        out = {}
+        for family in FAMILY_TABLES:
+            try:
+                self.require(family)
+                out[family] = "ready"
+            except (SpecError, ValueError) as e:
+                out[family] = str(e).removeprefix(f"data spec {self.path}: ")
+        return out
 
     def _declared_assignment(self, data) -> str:
         declared = self.spec.semantics.campaign_assignment

@@ -325,22 +325,57 @@ def write_atomic(df: pd.DataFrame, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def run_score(command: str, input_path: str | Path, output: str | Path, *, customers: str | Path | None = None,
-              applications: str | Path | None = None, transactions: str | Path | None = None,
-              model_uri: str | None = None, alias: str = CHAMPION, as_of: str | None = None,
-              chunk_size: int = 50_000, n_samples: int = 100, force: bool = False, progress: bool = True) -> dict:
-    """Score every customer of the input and write one parquet; returns counts and timings (no ids)."""
+def spec_inputs(command: str, spec) -> ScoreInputs:
+    """The tables `command` scores, from a data spec (`offerlab.data.spec.SpecData`): its transactions, its
+    customers' attributes joined with the campaign log's own kept columns (the discount model may use both), and
+    (credit, offers) its applications, each customer's latest for offers."""
+    if command == "credit":
+        apps = spec.table("applications")
+        tx = spec.table("transactions") if spec.has("transactions") else None
+        return ScoreInputs(transactions=tx, applications=apps)
+    tx = spec.table("transactions")
+    cust = spec.table("customers") if spec.has("customers") else None
+    if spec.has("campaign"):
+        block = spec.spec.tables["campaign"]
+        kept = [c for c in block.keep if c not in block.columns]
+        if kept:
+            own = spec.table("campaign")[["customer_id", *kept]]
+            cust = own if cust is None else cust.merge(own, on="customer_id", how="outer", validate="one_to_one")
+    apps = None
+    if command == "offers" and spec.has("applications"):
+        apps = latest_application(spec.table("applications"))
+        apps = apps[apps["customer_id"].isin(pd.unique(tx["customer_id"]))]
+    return ScoreInputs(transactions=tx, customers=cust, applications=apps)
+
+
+def run_score(command: str, input_path: str | Path | None, output: str | Path, *,
+              customers: str | Path | None = None, applications: str | Path | None = None,
+              transactions: str | Path | None = None, model_uri: str | None = None, alias: str = CHAMPION,
+              as_of: str | None = None, chunk_size: int = 50_000, n_samples: int = 100, force: bool = False,
+              progress: bool = True, inputs: ScoreInputs | None = None,
+              model_uris: dict[str, str] | None = None) -> dict:
+    """Score every customer of the input and write one parquet; returns counts and timings (no ids).
+
+    `inputs`: tables already read (e.g. `spec_inputs` of a data spec) instead of the parquet paths;
+    `model_uris`: family -> MLflow URI for every family the command uses (e.g. the runs just trained)."""
     from tqdm.auto import tqdm
 
     if command not in COMMANDS:
         raise ValueError(f"unknown score command {command!r}; expected one of {list(COMMANDS)}")
     out = check_output(output, [input_path, customers, applications, transactions], force)
     t0 = time.perf_counter()
-    inputs = read_inputs(command, input_path, customers, applications, transactions)
+    if inputs is None:
+        if input_path is None:
+            raise ValueError("give --input (a parquet file) or --data (a data spec)")
+        inputs = read_inputs(command, input_path, customers, applications, transactions)
     when = None
     if command != "credit":
         when = parse_as_of(as_of) if as_of else default_as_of(inputs.transactions)
-    models = load_models(command, model_uri, alias)
+    if model_uris:
+        models = {f: load_model(f, model_uris[MODEL_FAMILY[f]]) for f in (MODEL_FAMILY if command == "offers"
+                                                                          else [command])}
+    else:
+        models = load_models(command, model_uri, alias)
     check_amounts(models, inputs, transactions if command == "credit" else input_path)
     t_load = time.perf_counter() - t0
     total = n_customers(inputs)

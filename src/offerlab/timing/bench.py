@@ -162,6 +162,7 @@ def run_bench(dataset: str, out: str | Path, *, data_path: str | None = None, ma
 
         sd = SpecData.load(spec, spec_set)
         sd.require("timing")
+        dataset = sd.name if dataset in (None, "spec") else dataset
         cal0, end0 = sd.protocol_dates()
         calibration_end, holdout_end = calibration_end or cal0, holdout_end or end0
         tx, truth = sd.table("transactions"), None

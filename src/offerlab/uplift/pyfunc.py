@@ -26,9 +26,14 @@ class UpliftPyfunc(mlflow.pyfunc.PythonModel):
         self.policy = PolicyConfig(**json.loads(Path(context.artifacts["policy"]).read_text()))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """`params={"budget": B}` (B >= 0) spends at most B over the rows of this call; without it (the signature's
+        default -1) each customer gets their own best level: a campaign-wide budget must see the whole campaign,
+        so batch scoring in chunks never applies the policy's budget chunk by chunk."""
         ids = model_input["customer_id"].astype(str).to_numpy() if "customer_id" in model_input else None
         budget = (params or {}).get("budget")
-        rec = self.model.recommend(model_input, self.policy, customer_id=ids, budget=budget)
+        budget = None if budget is None or budget < 0 else float(budget)
+        policy = self.policy if budget is not None else self.policy.model_copy(update={"budget": None})
+        rec = self.model.recommend(model_input, policy, customer_id=ids, budget=budget)
         pred = self.model.predict_levels(model_input)
         for i, lv in enumerate(self.model.levels):
             rec[f"p_conversion_{lv}"] = pred["conversion"][:, i]
@@ -55,6 +60,6 @@ def log_pyfunc(model, policy, example: pd.DataFrame, tmp_dir: Path):
     wrapper = UpliftPyfunc()
     wrapper.model, wrapper.policy = model, policy
     output = wrapper.predict(None, example)
-    signature = infer_signature(example, output, params={"budget": np.float64(0.0)})
+    signature = infer_signature(example, output, params={"budget": np.float64(-1.0)})  # -1: no budget
     return mlflow.pyfunc.log_model(name="model", python_model=UpliftPyfunc(), artifacts=artifacts,
                                    signature=signature, input_example=example)
