@@ -36,7 +36,7 @@ class OfferlabGroup(click.Group):
 
 
 @click.group(cls=OfferlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, library banners and third-party warnings.")
 def main(verbose: bool) -> None:
     """Offerlab: when to remind, which discount, what credit terms — from purchase histories.
 
@@ -46,9 +46,9 @@ def main(verbose: bool) -> None:
       offerlab data load cdnow
       offerlab run --customers 20000
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3", "lightning", "lightning.pytorch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from offerlab.quiet import configure
+
+    configure(verbose)
 
 
 @main.group()

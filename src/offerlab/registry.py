@@ -99,7 +99,10 @@ def promote(family: str, run_id: str, *, alias: str = CHAMPION, tolerance: float
             return PromotionDecision(
                 False, f"candidate {metric}={cand_value:.5g} does not beat champion version {current.version} "
                 f"{metric}={champ_value:.5g} ({direction}); alias '{alias}' unchanged", None, cand_value, champ_value)
-    mv = mlflow.register_model(f"runs:/{run_id}/model", name)
+    from offerlab.quiet import hushed
+
+    with hushed():  # MLflow prints "Successfully registered model ..." itself; our line below says it
+        mv = mlflow.register_model(f"runs:/{run_id}/model", name)
     client.set_registered_model_alias(name, alias, mv.version)
     client.set_model_version_tag(name, mv.version, metric, str(cand_value))
     reason = (f"version {mv.version} is now '{alias}': {metric}={cand_value:.5g}"

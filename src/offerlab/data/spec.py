@@ -171,6 +171,9 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, object]:
     return out
 
 
+_LOADED: dict[tuple, SpecData] = {}
+
+
 class SpecData:
     """A loaded data spec: its tables (read once, canonical, validated) and what each model family needs."""
 
@@ -181,7 +184,19 @@ class SpecData:
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict | None = None) -> SpecData:
-        return cls(read_spec(path, overrides), Path(path), overrides)
+        """The spec at `path` with `overrides`; one instance (and one read of each table) per process while the
+        spec file and its tables' files are unchanged, so the families of one job share the tables."""
+        import json
+
+        path = Path(path)
+        spec = read_spec(path, overrides)
+        files = [path] + [path.parent / b.path for b in spec.tables.values()]
+        key = (str(path.resolve()), json.dumps(overrides or {}, sort_keys=True, default=str),
+               tuple(f.stat().st_mtime_ns if f.is_file() else 0 for f in files))
+        if key not in _LOADED:
+            _LOADED.clear()  # one spec at a time: its tables may be large
+            _LOADED[key] = cls(spec, path, overrides)
+        return _LOADED[key]
 
     # ------------------------------------------------------------------------------------------ keys
     def key_error(self, key: str, problem: str) -> SpecError:
@@ -237,7 +252,6 @@ class SpecData:
             df = load_mapped(None, block.mapping(name), timezone=self.spec.semantics.timezone, strict_timezone=True,
                              base_dir=self.path.parent)
             self._tables[name] = df
-            log.info("data spec %s: %s: %d rows from %s", self.name, name, len(df), Path(block.path).name)
         return self._tables[name]
 
     def _check_block(self, name: str, block: TableBlock) -> None:
@@ -347,9 +361,6 @@ class SpecData:
             camp = camp.assign(revenue=camp["revenue"].to_numpy() * (1.0 - d))
         tx = self.table("transactions") if self.has("transactions") else None
         cust = self.table("customers") if self.has("customers") else None
-        if tx is not None and "amount" not in tx.columns:
-            log.info("data spec %s: the purchase log has no amounts: the campaign's monetary features are left out",
-                     self.name)
         data = from_campaign(camp, control=levels[0], levels=levels, discounts=rates,
                              feature_columns=[c for c in block.keep if c not in block.columns] or None,
                              transactions=tx, customers=cust, feature_date=self.spec.semantics.campaign_feature_date)
