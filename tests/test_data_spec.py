@@ -58,8 +58,10 @@ def test_the_spec_gives_the_built_in_campaign_exactly(synth, files):
             np.testing.assert_allclose(x.to_numpy(float), y.to_numpy(float), equal_nan=True)
         else:
             assert (x.astype(str).to_numpy() == y.astype(str).to_numpy()).all()
-    # an RCT whose log carries no design: the arms' shares are its propensities
-    np.testing.assert_allclose(ours.propensity[0], np.bincount(ours.treatment) / len(ours))
+    # an RCT whose log carries no design: the declared one, else the arms' shares
+    np.testing.assert_allclose(ours.propensity, ref.propensity)
+    undeclared = SpecData.load(edit(files, lambda d: d["semantics"].pop("assignment_probabilities"))).campaign_data()
+    np.testing.assert_allclose(undeclared.propensity[0], np.bincount(ours.treatment) / len(ours))
     apps = SpecData.load(files).labelled_applications()
     assert apps["default"].tolist() == synth.applications["default"].tolist()  # "bad"/"good" -> 1/0
     tx = SpecData.load(files).table("transactions")
@@ -221,3 +223,13 @@ def test_data_init_drafts_blanks_that_check_and_run_refuse(synth, tmp_path):
         value = {"tables.campaign.control": "holdout", "tables.campaign.label_values.N": 0}.get(key, 1)
         fills += ["--data-set", f"{key}={value}"]
     assert not (tmp_path / "u.json").exists()
+
+
+def test_a_declared_design_must_cover_every_level_and_sum_to_one(files):
+    msg = refused(edit(files, lambda d: d["semantics"]["assignment_probabilities"].pop("promo_a")),
+                  lambda d: d.campaign_data())
+    assert "key 'semantics.assignment_probabilities.promo_a': not set" in msg
+    msg = refused(edit(files, lambda d: d["semantics"]["assignment_probabilities"].update(promo_a=0.5,
+                                                                                          promo_b=0.5)),
+                  lambda d: d.campaign_data())
+    assert "sum to 1" in msg

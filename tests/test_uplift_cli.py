@@ -29,7 +29,9 @@ def campaign_files(tmp_path):
                                                 "revenue": "spend"},
                "treatments": ["none", "mail"], "control": "none", "keep": ["recency", "channel"]}
     (tmp_path / "map.yaml").write_text(yaml.safe_dump(mapping))
-    (tmp_path / "fast.yaml").write_text(yaml.safe_dump({**FAST, "data": {"dataset": "mapped", "outcome": "conversion"}}))
+    (tmp_path / "fast.yaml").write_text(yaml.safe_dump({**FAST, "data": {"dataset": "mapped", "outcome": "conversion"},
+                                                        "policy": {"margin": 0.3, "contact_cost": 0.5,
+                                                                   "discounts": {"mail": 0.0}}}))
     return tmp_path
 
 

@@ -100,7 +100,20 @@ def test_recommend_one_customer_and_refuses_bad_discount():
     assert rec.loc[0, "level"] == "10pct" and bool(rec.loc[0, "treat"])
     assert rec.loc[0, "expected_incremental_profit"] == pytest.approx(0.5 * (14 / 0.9 - 5) - 14 * 0.1 / 0.9 - 0.1)
     with pytest.raises(ValueError, match="discount rates"):
-        PolicyConfig(discounts={"10pct": 1.5}).discount_rates(["none", "10pct"])
+        PolicyConfig(margin=0.5, contact_cost=0.1, discounts={"10pct": 1.5}).discount_rates(["none", "10pct"])
+
+
+def test_money_has_no_default():
+    """A level without a rate is refused (it was priced at 0% before); margin and contact cost must be given."""
+    policy = PolicyConfig(margin=0.4, contact_cost=0.1, discounts={"d5": 0.05})
+    with pytest.raises(ValueError, match=r"no discount rate for level 'd10': set policy.discounts.d10"):
+        policy.discount_rates(["none", "d5", "d10"])
+    assert policy.discount_rates(["none", "d5", "d10"], {"d10": 0.1}).tolist() == [0.0, 0.05, 0.1]  # the data's own
+    with pytest.raises(ValueError, match="control level 'none' gets no discount"):
+        PolicyConfig(margin=0.4, contact_cost=0.1, discounts={"none": 0.05}).discount_rates(["none", "d5"], {"d5": 0.1})
+    for missing in ("margin", "contact_cost"):
+        with pytest.raises(ValueError, match=missing):
+            PolicyConfig(**{k: v for k, v in {"margin": 0.4, "contact_cost": 0.1}.items() if k != missing})
 
 
 def test_budgeted_allocation_meets_the_lagrangian_dual_bound():

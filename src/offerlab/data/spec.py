@@ -83,6 +83,9 @@ class Semantics(_Strict):
         None, description="the day the campaign went out: behaviour features use purchases strictly before it")
     campaign_assignment: Literal["randomised", "targeted", "check"] = Field(
         "check", description="randomised (an RCT), targeted (chosen by the CRM), or check (measure it from the log)")
+    assignment_probabilities: dict[str, float] | None = Field(
+        None, description="a randomised campaign's design: each level's probability (e.g. 0.25 each); without it "
+        "the arms' shares in the log are used")
 
     @field_validator("timezone")
     @classmethod
@@ -366,9 +369,8 @@ class SpecData:
                              transactions=tx, customers=cust, feature_date=self.spec.semantics.campaign_feature_date)
         data.assignment = self._assignment(data) if check_assignment else self._declared_assignment(data)
         if data.assignment == "randomised" and data.propensity is None:
-            # an RCT whose log does not carry its design: the arms' shares are the assignment probabilities
-            shares = np.bincount(data.treatment, minlength=len(levels)) / len(data)
-            data.propensity = np.tile(shares, (len(data), 1))
+            # an RCT whose log does not carry its design: the declared design, else the arms' shares
+            data.propensity = np.tile(self.design(levels, data.treatment), (len(data), 1))
         self._campaign = data
         return data
 
@@ -401,6 +403,25 @@ class SpecData:
             except (SpecError, ValueError) as e:
                 out[family] = str(e).removeprefix(f"data spec {self.path}: ")
         return out
+
+    def design(self, levels: list[str], treatment: np.ndarray) -> np.ndarray:
+        """Assignment probabilities of a randomised campaign: `semantics.assignment_probabilities` (every level,
+        summing to 1), else the arms' shares in the log."""
+        given = self.spec.semantics.assignment_probabilities
+        if given is None:
+            return np.bincount(treatment, minlength=len(levels)) / len(treatment)
+        key = "semantics.assignment_probabilities"
+        if self.spec.semantics.campaign_assignment == "targeted":
+            raise self.key_error(key, "a targeted campaign has no design: its propensities are estimated; drop the key")
+        missing = [lv for lv in levels if lv not in given]
+        extra = [lv for lv in given if lv not in levels]
+        if missing or extra:
+            raise self.key_error(f"{key}.{(missing or extra)[0]}", f"{'not set' if missing else 'no such level'}: "
+                                 f"give every level's probability; levels {levels}")
+        p = np.array([float(given[lv]) for lv in levels])
+        if (p <= 0).any() or abs(p.sum() - 1.0) > 1e-6:
+            raise self.key_error(key, f"probabilities must be positive and sum to 1, got {given}")
+        return p
 
     def _declared_assignment(self, data) -> str:
         declared = self.spec.semantics.campaign_assignment

@@ -82,6 +82,9 @@ def write_stranger_files(synth, out_dir: str | Path, *, amounts: bool = True, na
                       "credit": {"terms": str(terms), "amount_column": "loan_amount", "income_column": "yearly_income"}},
         "protocol": {"calibration_end": "2024-06-30", "holdout_end": "2024-12-31"},
     }
+    if campaign_assignment == "randomised":  # the RCT's design, as a CRM team knows it
+        spec["semantics"]["assignment_probabilities"] = {LEVEL_NAMES[k]: float(v)
+                                                         for k, v in meta["assignment_probs"].items()}
     path = out / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
