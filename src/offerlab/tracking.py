@@ -75,7 +75,7 @@ def start_run(family: str, run_name: str | None = None, *, nested: bool = False,
         setup(family, workdir)
     with mlflow.start_run(run_name=run_name, nested=nested, tags={"offerlab.family": family, **(tags or {})}) as run:
         yield run
-    log.info("logged MLflow run %s (%s)", run.info.run_id, run_link(run.info.run_id, run.info.experiment_id))
+    log.info("logged MLflow %s", run_link(run.info.run_id, run.info.experiment_id))
 
 
 def run_link(run_id: str, experiment_id: str) -> str:
