@@ -46,12 +46,15 @@ class DataConfig(_Strict):
     synth_dir: str | None = None
     customers: int = Field(20_000, ge=10)
     seed: int = 0
-    calibration_end: str = "1997-09-30"
-    holdout_end: str = "1998-06-30"
+    calibration_end: str | None = Field(None, description="last calibration day; None: the data set's protocol "
+                                        "(cdnow, synth) or refused")
+    holdout_end: str | None = None
     same_day: Literal["keep", "merge"] = "merge"
 
     @model_validator(mode="after")
     def _dates(self) -> DataConfig:
+        if self.calibration_end is None or self.holdout_end is None:
+            return self  # resolved by `bench.split_dates`: the data set's protocol, or refused
         try:
             cal, end = pd.Timestamp(self.calibration_end), pd.Timestamp(self.holdout_end)
         except ValueError as e:
