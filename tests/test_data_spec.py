@@ -233,3 +233,19 @@ def test_a_declared_design_must_cover_every_level_and_sum_to_one(files):
                                                                                           promo_b=0.5)),
                   lambda d: d.campaign_data())
     assert "sum to 1" in msg
+
+
+def test_data_check_profiles_a_draft_and_says_what_each_family_still_needs(files, tmp_path, mlflow_store):
+    spec = edit(files, lambda d: (d["economics"]["discounts"].update(promo_b=None), d["protocol"].pop("holdout_end")))
+    r = CliRunner().invoke(main, ["data", "check", "--data", str(spec), "--out", str(tmp_path / "report")])
+    assert r.exit_code == 0, r.output
+    lines = dict(line.split(maxsplit=1) for line in r.stdout.splitlines()[:3])
+    assert "protocol.holdout_end" in lines["timing"] and "economics.discounts.promo_b" in lines["uplift"]
+    assert lines["credit"] == "ready"
+    report = (tmp_path / "report" / "data_check.md").read_text()
+    assert "## Ready to model?" in report and "randomised" in report
+    assert not any(cid in report for cid in pd.read_csv(files.parent / "orders.csv")["client_ref"].head(50))
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["offerlab-data"], output_format="list")
+    assert len(runs) == 1 and runs[0].data.metrics["transactions.rows"] > 0
