@@ -250,8 +250,12 @@ def plan_experiment(spec_path: str | Path, quick: bool = False, data_spec: str |
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
     fam = FAMILIES[spec.family]
-    if data_spec is not None:  # --data: the user's data replace the spec's data block
-        spec = spec.model_copy(update={"data": DataSpec(dataset="spec", spec=data_spec, spec_set=dict(data_sets or {}))})
+    if data_spec is not None:  # --data: the user's data replace the spec's data block (and name the results)
+        from offerlab.data.spec import read_spec
+
+        mine = read_spec(data_spec, data_sets)
+        spec = spec.model_copy(update={"data": DataSpec(dataset="spec", spec=data_spec, spec_set=dict(data_sets or {})),
+                                       "name": f"{spec.name}-on-{mine.name}"})
     data = spec.data.model_copy(update={k: resolve_path(getattr(spec.data, k), f"data.{k}", spec_path)
                                         for k in ("data_path", "mapping", "synth_dir", "spec")})
     spec = spec.model_copy(update={"data": data})
