@@ -70,16 +70,22 @@ def data() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; same seed, same bytes.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--force", is_flag=True, help="Overwrite an existing synthetic data set in --out.")
-def data_synth(n_customers: int, seed: int, out_dir: str, force: bool) -> None:
+@click.option("--campaign", "campaign_assignment", type=click.Choice(["randomised", "targeted"]), default="randomised",
+              show_default=True, help="How the previous campaign chose levels: at random, or targeted by the CRM on "
+              "customer traits (the log then has no propensity column; the truth has each level's probability).")
+def data_synth(n_customers: int, seed: int, out_dir: str, force: bool, campaign_assignment: str) -> None:
     """Write the synthetic marketplace (tables + ground truth) as parquet.
 
     \b
-    Example:
+    Examples:
       offerlab data synth --customers 1000000 --seed 0 --out data/synth1m
+      offerlab data synth --customers 50000 --campaign targeted --out data/synth_targeted_50k
     """
     from offerlab.pipeline import synth_safely
 
-    paths = synth_safely(n_customers, seed, Path(out_dir), overwrite=force)
+    # the default passes nothing new, so a randomised data set is written exactly as before
+    extra = {"campaign_assignment": campaign_assignment} if campaign_assignment != "randomised" else {}
+    paths = synth_safely(n_customers, seed, Path(out_dir), overwrite=force, **extra)
     click.echo(f"wrote {len(paths)} files to {out_dir}")
 
 

@@ -4,9 +4,15 @@ Customers carry latent traits (purchase regularity, mean gap, drop-out, spend, p
 their purchase histories come from a known renewal process with drop-out, a randomised multi-level
 discount campaign has a known per-customer effect, and credit applications have a known default
 probability. The ground truth is written beside the tables so every model can be scored against the
-oracle. Everything is vectorised over customers and events; the only Python loop is over customer
-chunks, each with its own random generator spawned from `np.random.SeedSequence(seed)`, so the same
-(seed, n_customers, start, end, chunk_size) always gives byte-identical files.
+oracle. With `campaign_assignment="targeted"` the previous campaign was not randomised: the CRM chose the level
+from what its tables show (recent, frequent buyers and the west region got deeper discounts more often), so a
+naive comparison of the arms flatters the discounts; the campaign log then carries no propensity column (a CRM
+does not know them) and the truth records each customer's assignment probabilities. The customers, histories,
+applications and outcome model are the same as the randomised campaign's for the same seed, and the default
+(randomised) output is byte-identical to earlier versions. Everything is vectorised over customers and events;
+the only Python loop is over customer chunks, each with its own random generator spawned from
+`np.random.SeedSequence(seed)`, so the same (seed, n_customers, start, end, chunk_size) always gives
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -67,6 +73,17 @@ ASSIGN_P = {"control": 0.25, "discount_05": 0.25, "discount_10": 0.25, "discount
 CONTACT_COST = 0.10
 MARGIN = 0.40
 CAMPAIGN_WINDOW_DAYS = 30.0
+ASSIGNMENTS = ("randomised", "targeted")
+# targeted campaign: score = 0.5 (log 30 - log1p(days since the last purchase)) + 0.3 (log1p(purchases) - log 10)
+# + region term; logit of level l = TARGET_SLOPE[l] score + TARGET_BIAS[l], and two CRM rules shift one logit by
+# -TARGET_RULE_SHIFT: VIPs (>= 30 purchases, the last within 30 days) almost never go without a discount, lapsed
+# customers (no purchase for 450 days) almost never get the deepest one. Those ~7% sit outside the common support
+# (a level's probability ~0.1-0.5%); the softmax tails put another ~7% just below 2% for some level.
+TARGET_RECENCY, TARGET_FREQUENCY = 0.5, 0.3
+TARGET_REGION = np.array([0.0, -0.3, 0.0, 0.4, 0.0])  # by REGIONS
+TARGET_SLOPE = np.array([0.0, 0.7, 1.4, 2.1])  # by LEVELS: the deeper the discount, the more it follows the score
+TARGET_BIAS = np.array([0.0, 0.35, 0.3, 0.15])
+TARGET_VIP_PURCHASES, TARGET_VIP_DAYS, TARGET_LAPSED_DAYS, TARGET_RULE_SHIFT = 30, 30.0, 450.0, 4.0
 BASKET_UPLIFT_PER_DISCOUNT = 1.5  # expected basket x (1 + 1.5 * discount)
 BASKET_NOISE_SD = 0.4
 # campaign response: logit p_control = C_BASE + C_ACT act + ... - C_DEAD dead; treated adds
@@ -178,6 +195,22 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
+
+
+def table_schema(name: str, campaign_assignment: str = "randomised") -> pa.Schema:
+    """The Arrow schema of table `name`: a targeted campaign's log has no propensity column, and its truth adds
+    the true assignment probability of every level (`assign_p_<level>`)."""
+    schema = SCHEMAS[name]
+    if campaign_assignment not in ASSIGNMENTS:
+        raise ValueError(f"unknown campaign_assignment {campaign_assignment!r}; expected one of {ASSIGNMENTS}")
+    if campaign_assignment == "targeted":
+        if name == "campaign":
+            return schema.remove(schema.get_field_index("propensity"))
+        if name == "truth_campaign":
+            return pa.schema(list(schema) + [(f"assign_p_{lv}", pa.float64()) for lv in LEVELS])
+    return schema
+
+
 PROCESS = {
     "customers": (
         "Observable attributes region, age_band, signup_channel; acquired_at = first purchase, uniform in the "
@@ -211,6 +244,16 @@ PROCESS = {
         "LogNormal(mean 1, sd-log 0.4); revenue = basket (1 - d) if converted else 0; cost = basket d if "
         "converted + contact_cost if treated. truth: exp_revenue = p E[basket] (1 - d), exp_cost = p E[basket] d "
         "+ contact_cost 1[treated]."
+    ),
+    "campaign_targeted": (
+        "campaign_assignment = targeted (replaces the random assignment; all else as in 'campaign'): the CRM "
+        "scores each customer on its tables, score = 0.5 (log 30 - log1p(days since the last purchase before "
+        "campaign_date)) + 0.3 (log1p(purchases before campaign_date) - log 10) + region term (south -0.3, west "
+        "+0.4), and draws the level with P(l) = softmax_l(slope_l score + bias_l), slopes 0 / 0.7 / 1.4 / 2.1 and "
+        "biases 0 / 0.35 / 0.3 / 0.15 for control / 5% / 10% / 15%: active buyers, who convert anyway, get deep "
+        "discounts. Two rules subtract 4 from one logit: VIPs (>= 30 purchases, the last within 30 days) from "
+        "control's, the lapsed (no purchase for 450 days) from the 15% level's (outside the common support). The "
+        "log has no propensity column; truth_campaign adds assign_p_<level>."
     ),
     "credit": (
         "25% of customers apply once, uniformly between acquisition and observation_end. true_pd = sigmoid("
@@ -293,10 +336,13 @@ def _window(start: str, end: str) -> dict:
     }
 
 
-def build_meta(n_customers: int, seed: int, start: str, end: str, chunk_size: int) -> dict:
-    """The meta.json content: parameters, levels and costs, categories and the process description."""
+def build_meta(n_customers: int, seed: int, start: str, end: str, chunk_size: int,
+               campaign_assignment: str = "randomised") -> dict:
+    """The meta.json content: parameters, levels and costs, categories and the process description.
+    A targeted campaign adds `campaign_assignment` and `targeting` and has no `assignment_probs` (a randomised
+    campaign's meta is unchanged: no key added, so its bytes stay those of earlier versions)."""
     w = _window(start, end)
-    return {
+    meta = {
         "generator": "offerlab.data.synth",
         "version": GENERATOR_VERSION,
         "seed": int(seed),
@@ -327,8 +373,23 @@ def build_meta(n_customers: int, seed: int, start: str, end: str, chunk_size: in
         "purposes": list(PURPOSES),
         "terms_months": TERMS.tolist(),
         "files": dict(FILES),
-        "process": dict(PROCESS),
+        "process": {k: v for k, v in PROCESS.items() if k != "campaign_targeted"},
     }
+    table_schema("campaign", campaign_assignment)  # refuses an unknown assignment
+    if campaign_assignment == "targeted":
+        meta["campaign_assignment"] = "targeted"
+        meta["assignment_probs"] = None
+        meta["targeting"] = {
+            "recency": TARGET_RECENCY, "frequency": TARGET_FREQUENCY,
+            "region": dict(zip(REGIONS, TARGET_REGION.tolist(), strict=True)),
+            "slope": dict(zip(LEVELS, TARGET_SLOPE.tolist(), strict=True)),
+            "bias": dict(zip(LEVELS, TARGET_BIAS.tolist(), strict=True)),
+            "vip": {"min_purchases": TARGET_VIP_PURCHASES, "max_days_since_last": TARGET_VIP_DAYS,
+                    "control_logit_shift": -TARGET_RULE_SHIFT},
+            "lapsed": {"min_days_since_last": TARGET_LAPSED_DAYS, "deepest_logit_shift": -TARGET_RULE_SHIFT},
+        }
+        meta["process"]["campaign_targeted"] = PROCESS["campaign_targeted"]
+    return meta
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -614,7 +675,21 @@ def _before(cust: np.ndarray, t: np.ndarray, key: np.ndarray, stride: float) -> 
     return np.searchsorted(key, cust * stride + t, side="left")
 
 
-def _campaign(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, key: np.ndarray, stride: float):
+def targeted_assignment_probs(days_since_last: np.ndarray, n_purchases: np.ndarray, region: np.ndarray
+                              ) -> np.ndarray:
+    """(n, L) probabilities with which the CRM of a targeted campaign picks each level (LEVELS order), from what
+    its tables show: days since the last purchase, purchases so far and the region code (index into REGIONS)."""
+    score = (TARGET_RECENCY * (np.log(30.0) - np.log1p(days_since_last))
+             + TARGET_FREQUENCY * (np.log1p(n_purchases) - np.log(10.0)) + TARGET_REGION[region])
+    logits = score[:, None] * TARGET_SLOPE[None, :] + TARGET_BIAS[None, :]
+    vip = (n_purchases >= TARGET_VIP_PURCHASES) & (days_since_last <= TARGET_VIP_DAYS)
+    logits[:, 0] -= TARGET_RULE_SHIFT * vip  # VIPs always get something
+    logits[:, -1] -= TARGET_RULE_SHIFT * (days_since_last > TARGET_LAPSED_DAYS)  # the lapsed never the deepest
+    return special.softmax(logits, axis=1)
+
+
+def _campaign(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Array, key: np.ndarray, stride: float,
+              campaign_assignment: str = "randomised"):
     tc = w["t_campaign"]
     elig = np.flatnonzero(ev["acq"] < tc)
     if len(elig) == 0:
@@ -650,8 +725,15 @@ def _campaign(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Arr
         truth_cols[f"p_conv_{lv}"] = p
         truth_cols[f"exp_revenue_{lv}"] = p * eb * (1.0 - d)
         truth_cols[f"exp_cost_{lv}"] = p * eb * d + (CONTACT_COST if treated else 0.0)
-    probs = np.array([ASSIGN_P[lv] for lv in LEVELS])
-    arm = rng.choice(len(LEVELS), size=len(elig), p=probs)
+    targeted = campaign_assignment == "targeted"
+    if targeted:  # one uniform per customer, as rng.choice below draws: the rest of the stream stays aligned
+        assign_p = targeted_assignment_probs(elapsed, n_before, tr["region"][elig])
+        arm = _categorical(rng, assign_p)
+        for j, lv in enumerate(LEVELS):
+            truth_cols[f"assign_p_{lv}"] = assign_p[:, j]
+    else:
+        probs = np.array([ASSIGN_P[lv] for lv in LEVELS])
+        arm = rng.choice(len(LEVELS), size=len(elig), p=probs)
     rows = np.arange(len(elig))
     p_arm = np.stack(p_conv, axis=1)[rows, arm]
     eb_arm = np.stack(e_basket, axis=1)[rows, arm]
@@ -661,13 +743,12 @@ def _campaign(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Arr
     revenue = np.round(conv * basket * (1.0 - disc), 2)
     cost = np.round(conv * basket * disc + np.where(disc > 0, CONTACT_COST, 0.0), 2)
     ids = cid.take(pa.array(elig.astype(np.int64)))
-    camp = pa.Table.from_arrays(
-        [ids, _take_str(LEVELS, arm), pa.array(conv), pa.array(revenue), pa.array(cost), pa.array(probs[arm])],
-        schema=SCHEMAS["campaign"],
-    )
+    cols = [ids, _take_str(LEVELS, arm), pa.array(conv), pa.array(revenue), pa.array(cost)]
+    camp = pa.Table.from_arrays(cols if targeted else [*cols, pa.array(probs[arm])],
+                                schema=table_schema("campaign", campaign_assignment))
+    truth_schema = table_schema("truth_campaign", campaign_assignment)
     truth = pa.Table.from_arrays(
-        [ids] + [pa.array(truth_cols[f.name]) for f in list(SCHEMAS["truth_campaign"])[1:]],
-        schema=SCHEMAS["truth_campaign"],
+        [ids] + [pa.array(truth_cols[f.name]) for f in list(truth_schema)[1:]], schema=truth_schema,
     )
     return camp, truth
 
@@ -732,7 +813,8 @@ def _applications(
     return apps, truth
 
 
-def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict) -> dict[str, pa.Table]:
+def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict, campaign_assignment: str = "randomised"
+           ) -> dict[str, pa.Table]:
     num = np.arange(offset + 1, offset + n + 1, dtype=np.int64)
     cid = _ids("c", num)
     tr = _traits(rng, n)
@@ -751,7 +833,7 @@ def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict) -> dict[str, 
         ],
         schema=SCHEMAS["customers"],
     )
-    out["campaign"], out["truth_campaign"] = _campaign(rng, tr, ev, w, cid, key, stride)
+    out["campaign"], out["truth_campaign"] = _campaign(rng, tr, ev, w, cid, key, stride, campaign_assignment)
     out["applications"], out["truth_credit"] = _applications(rng, tr, ev, w, cid, num, key, stride, spend_signal)
     timing = {
         "shape": tr["shape"],
@@ -771,35 +853,39 @@ def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict) -> dict[str, 
 
 
 def iter_chunks(
-    n_customers: int, seed: int = 0, start: str = "2023-01-01", end: str = "2024-12-31", chunk_size: int = 100_000
+    n_customers: int, seed: int = 0, start: str = "2023-01-01", end: str = "2024-12-31", chunk_size: int = 100_000,
+    campaign_assignment: str = "randomised",
 ) -> Iterator[dict[str, pa.Table | None]]:
     """Yield one dict of Arrow tables (None where a chunk has no rows) per chunk of customers."""
     if n_customers < 1 or chunk_size < 1:
         raise ValueError("n_customers and chunk_size must be positive")
+    table_schema("campaign", campaign_assignment)  # refuses an unknown assignment before any work
     w = _window(start, end)
     n_chunks = -(-n_customers // chunk_size)
     for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n_chunks)):
         offset = i * chunk_size
-        yield _chunk(np.random.default_rng(ss), offset, min(chunk_size, n_customers - offset), w)
+        yield _chunk(np.random.default_rng(ss), offset, min(chunk_size, n_customers - offset), w, campaign_assignment)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------------
 def generate(
-    n_customers: int, seed: int = 0, start: str = "2023-01-01", end: str = "2024-12-31", chunk_size: int = 100_000
+    n_customers: int, seed: int = 0, start: str = "2023-01-01", end: str = "2024-12-31", chunk_size: int = 100_000,
+    campaign_assignment: str = "randomised",
 ) -> SynthData:
-    """Generate the synthetic marketplace in memory (use `synth_to_dir` for very large runs)."""
+    """Generate the synthetic marketplace in memory (use `synth_to_dir` for very large runs).
+    `campaign_assignment`: "randomised" (the default) or "targeted" (see the module docstring)."""
     parts: dict[str, list[pa.Table]] = {name: [] for name in FILES}
-    for chunk in iter_chunks(n_customers, seed, start, end, chunk_size):
+    for chunk in iter_chunks(n_customers, seed, start, end, chunk_size, campaign_assignment):
         for name, tab in chunk.items():
             if tab is not None and tab.num_rows:
                 parts[name].append(tab)
     frames = {
-        name: (pa.concat_tables(tabs) if tabs else SCHEMAS[name].empty_table()).to_pandas()
+        name: (pa.concat_tables(tabs) if tabs else table_schema(name, campaign_assignment).empty_table()).to_pandas()
         for name, tabs in parts.items()
     }
-    meta = build_meta(n_customers, seed, start, end, chunk_size)
+    meta = build_meta(n_customers, seed, start, end, chunk_size, campaign_assignment)
     meta["rows"] = {name: len(df) for name, df in frames.items()}
     return SynthData(**frames, meta=meta)
 
@@ -815,9 +901,11 @@ def write(data: SynthData, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
+    assignment = data.meta.get("campaign_assignment", "randomised")
     for name, rel in FILES.items():
         df = getattr(data, name)
-        tab = pa.Table.from_pandas(df, schema=SCHEMAS[name], preserve_index=False).replace_schema_metadata(None)
+        tab = pa.Table.from_pandas(df, schema=table_schema(name, assignment),
+                                   preserve_index=False).replace_schema_metadata(None)
         paths[name] = out / rel
         pq.write_table(tab, paths[name], compression="zstd")
     paths["meta"] = _write_meta(data.meta, out)
@@ -827,20 +915,24 @@ def write(data: SynthData, out_dir: str | Path) -> dict[str, Path]:
 def synth_to_dir(n_customers: int, seed: int, out_dir: str | Path, **kw) -> dict[str, Path]:
     """Generate chunk by chunk and stream to parquet (one row group per chunk); memory stays per chunk.
 
-    `kw`: start, end, chunk_size as in `generate`. Returns name -> path (tables, truth tables, "meta").
+    `kw`: start, end, chunk_size, campaign_assignment as in `generate`. Returns name -> path (tables, truth
+    tables, "meta").
     """
     start = kw.pop("start", "2023-01-01")
     end = kw.pop("end", "2024-12-31")
     chunk_size = kw.pop("chunk_size", 100_000)
+    assignment = kw.pop("campaign_assignment", "randomised")
     if kw:
         raise TypeError(f"unexpected arguments: {sorted(kw)}")
     out = Path(out_dir)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     paths = {name: out / rel for name, rel in FILES.items()}
-    writers = {name: pq.ParquetWriter(paths[name], SCHEMAS[name], compression="zstd") for name in FILES}
+    meta = build_meta(n_customers, seed, start, end, chunk_size, assignment)  # refuses a bad assignment first
+    writers = {name: pq.ParquetWriter(paths[name], table_schema(name, assignment), compression="zstd")
+               for name in FILES}
     rows = dict.fromkeys(FILES, 0)
     try:
-        for chunk in iter_chunks(n_customers, seed, start, end, chunk_size):
+        for chunk in iter_chunks(n_customers, seed, start, end, chunk_size, assignment):
             for name, tab in chunk.items():
                 if tab is not None and tab.num_rows:
                     writers[name].write_table(tab, row_group_size=tab.num_rows)
@@ -848,7 +940,6 @@ def synth_to_dir(n_customers: int, seed: int, out_dir: str | Path, **kw) -> dict
     finally:
         for wr in writers.values():
             wr.close()
-    meta = build_meta(n_customers, seed, start, end, chunk_size)
     meta["rows"] = rows
     paths["meta"] = _write_meta(meta, out)
     return paths

@@ -4,6 +4,8 @@ Each fits, per outcome (conversion, and revenue when it differs), CausalML's mul
 meta-learner with LightGBM base learners, plus a LightGBM model of the control outcome, so that
 `predict_levels` returns expected outcomes under every level (control + each level's uplift) exactly
 like ours, and the bench scores everyone with the same metrics and the same policy code.
+On a targeted log (no known design) the X-learner, the one that takes propensities, gets each row's estimated
+ones (cross-fitted on the training rows, a classifier fitted on them for new rows) instead of the arm shares.
 CausalML and LightGBM come with the `bench` extra.
 """
 
@@ -34,6 +36,7 @@ class MetaLearner:
         self.models: dict[str, tuple] = {}
         self.pair_propensity: dict[str, float] = {}
         self.known_propensity: np.ndarray | None = None
+        self.propensity_model = None  # a targeted log's assignment classifier (rows the fit never saw)
 
     def _lgbm(self, classifier: bool):
         from lightgbm import LGBMClassifier, LGBMRegressor
@@ -56,12 +59,18 @@ class MetaLearner:
             return cls(outcome_learner=self._lgbm(True), effect_learner=self._lgbm(False), control_name=ctl)
         return cls(learner=self._lgbm(False), control_name=ctl)
 
-    def _p(self, n: int) -> dict[str, np.ndarray] | None:
+    def _p(self, n: int, e: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+        """The X-learner's per-level propensity vs control: from per-row probabilities `e` (n, L) where given."""
         if self.kind != "x_learner":
             return None
+        if e is not None:
+            return {lv: e[:, i] / (e[:, i] + e[:, 0]) for i, lv in enumerate(self.levels) if i > 0}
         return {lv: np.full(n, self.pair_propensity[lv]) for lv in self.levels[1:]}
 
-    def fit(self, data: CampaignData) -> MetaLearner:
+    def fit(self, data: CampaignData, propensity: np.ndarray | None = None) -> MetaLearner:
+        """`propensity`: per-row training propensities (n, L) of a targeted log, if already estimated."""
+        from offerlab.uplift.propensity import PropensityModel, cross_fitted_propensity
+
         self.levels, self.discounts = list(data.levels), dict(data.discounts)
         self.encoder = FeatureEncoder.fit(data.features)
         x = self.encoder.transform(data.features)
@@ -70,6 +79,12 @@ class MetaLearner:
             self.levels)) / len(data)
         self.known_propensity = np.asarray(e, dtype=float)
         self.pair_propensity = {lv: float(e[i] / (e[i] + e[0])) for i, lv in enumerate(self.levels) if i > 0}
+        e_rows, self.propensity_model = None, None
+        if data.assignment == "targeted" and data.propensity is None:
+            e_rows = propensity if propensity is not None else cross_fitted_propensity(
+                data.features, data.treatment, len(self.levels), seed=self.seed)
+            self.propensity_model = PropensityModel.fit(data.features, data.treatment, len(self.levels), self.seed,
+                                                        encoder=self.encoder)
         ctl = data.treatment == 0
         outcomes = {"conversion": (data.conversion, True)}
         if not np.array_equal(data.revenue, data.conversion):
@@ -77,7 +92,7 @@ class MetaLearner:
         self.models = {}
         for name, (y, classifier) in outcomes.items():
             learner = self._learner(classifier)
-            learner.fit(X=x, treatment=t, y=y, p=self._p(len(x)))
+            learner.fit(X=x, treatment=t, y=y, p=self._p(len(x), e_rows))
             base = self._lgbm(classifier).fit(x[ctl], y[ctl])
             self.models[name] = (learner, base, classifier)
         return self
@@ -85,7 +100,11 @@ class MetaLearner:
     def _levels_for(self, name: str, x: np.ndarray) -> np.ndarray:
         learner, base, classifier = self.models[name]
         mu0 = base.predict_proba(x)[:, 1] if classifier else base.predict(x)
-        tau = np.asarray(learner.predict(x, p=self._p(len(x))) if self.kind == "x_learner" else learner.predict(x))
+        if self.kind == "x_learner":
+            e = self.propensity_model.predict(x) if self.propensity_model is not None else None
+            tau = np.asarray(learner.predict(x, p=self._p(len(x), e)))
+        else:
+            tau = np.asarray(learner.predict(x))
         tau = pd.DataFrame(tau.reshape(len(x), -1), columns=list(learner.t_groups))[self.levels[1:]].to_numpy()
         return np.concatenate([mu0[:, None], mu0[:, None] + tau], axis=1)
 
@@ -95,6 +114,8 @@ class MetaLearner:
         return {"conversion": conv, "revenue": self._levels_for("revenue", x) if "revenue" in self.models else conv}
 
     def predict_propensity(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        if self.propensity_model is not None:
+            return self.propensity_model.predict(features)
         return np.tile(self.known_propensity, (len(features), 1))
 
     def uplift(self, features: pd.DataFrame | np.ndarray, outcome: str = "conversion") -> pd.DataFrame:

@@ -11,6 +11,13 @@ and a reference, `feature_oracle` (LightGBM fitted to the noise-free truth of th
 measures how much of the oracle the features can reach at all (the oracle knows latent traits). The
 observable oracle (`synth.campaign_truth_observable`: the truth's expectation given what the tables show,
 from the generator's own posterior) is the fair ceiling: each model's profit is also reported as a share of it.
+
+A targeted (non-randomised) log without known propensities is evaluated with estimated ones, the same for every
+model (`evaluation_propensity`: cross-fitted on the training rows, a classifier fitted on them for the test rows),
+on the test rows inside the common support only (every level's estimated probability >= the net's
+`min_propensity`): policy value by IPW, self-normalised IPW and DR; the per-split JSON says so ("assignment",
+"propensity", "trimmed"). Qini and AUUC there still compare the arms as logged (confounded); the truth-based
+numbers (oracle block, true policy value) are the ones to read.
 """
 
 from __future__ import annotations
@@ -98,26 +105,89 @@ def make_model(name: str, cfg: UpliftConfig, seed: int):
     return MetaLearner(name, seed=seed)
 
 
+def evaluation_propensity(train: CampaignData, test: CampaignData, folds: int = 5, seed: int = 0,
+                          min_propensity: float | None = None) -> dict | None:
+    """The estimated propensities every model of a split is evaluated with, for a targeted log that carries none
+    (None otherwise): training rows cross-fitted, test rows from the classifier fitted on all training rows, and
+    which rows of each lie inside the common support."""
+    if train.assignment != "targeted" or train.propensity is not None:
+        return None
+    from offerlab.uplift.propensity import MIN_PROPENSITY, PropensityModel, cross_fitted_propensity, overlap_mask
+
+    m = MIN_PROPENSITY if min_propensity is None else min_propensity
+    n_levels = len(train.levels)
+    e_train = cross_fitted_propensity(train.features, train.treatment, n_levels, folds, seed)
+    e_test = PropensityModel.fit(train.features, train.treatment, n_levels, seed).predict(test.features)
+    return {"train": e_train, "test": e_test, "inside_train": overlap_mask(e_train, m),
+            "inside_test": overlap_mask(e_test, m), "min_propensity": m,
+            "source": f"estimated (cross-fitted, {folds} folds)"}
+
+
+def snipw_policy_value(choice: np.ndarray, treatment: np.ndarray, profit_obs: np.ndarray, propensity: np.ndarray
+                       ) -> tuple[float, list[float]]:
+    """Self-normalised IPW incremental profit per customer of a policy over treat-none, with a 95% CI from its
+    linearisation: each arm's weighted mean sum(w y) / sum(w) (Hajek), so large weights cannot inflate the level."""
+    rows = np.arange(len(choice))
+    w_pi = (treatment == choice) / propensity[rows, choice]
+    w_0 = (treatment == 0) / propensity[:, 0]
+    v_pi, v_0 = (w_pi * profit_obs).sum() / w_pi.sum(), (w_0 * profit_obs).sum() / w_0.sum()
+    psi = w_pi * (profit_obs - v_pi) / w_pi.mean() - w_0 * (profit_obs - v_0) / w_0.mean()
+    value = float(v_pi - v_0)
+    se = float(psi.std(ddof=1) / np.sqrt(len(psi)))
+    return value, [value - 1.959964 * se, value + 1.959964 * se]
+
+
 def score_split(model, train: CampaignData, test: CampaignData, policy: PolicyConfig, metric_outcome: str,
-                truth: pd.DataFrame | None = None, meta: dict | None = None, budget_shares=(0.1, 0.3, 1.0)) -> dict:
-    """Every bench number of one fitted model on one split (per-level dicts; no aggregation)."""
+                truth: pd.DataFrame | None = None, meta: dict | None = None, budget_shares=(0.1, 0.3, 1.0),
+                propensity: dict | None = None) -> dict:
+    """Every bench number of one fitted model on one split (per-level dicts; no aggregation).
+
+    A targeted log without known propensities is scored with `propensity` (`evaluation_propensity`; estimated
+    here when not given) on the test rows inside the common support."""
+    if propensity is None:
+        propensity = evaluation_propensity(train, test)
     pred = model.predict_levels(test.features)
+    if propensity is not None:
+        keep_test, keep_train = np.flatnonzero(propensity["inside_test"]), np.flatnonzero(propensity["inside_train"])
+        pred = {k: v[keep_test] for k, v in pred.items()}
+        n_test = len(test)
+        test, train = test.subset(keep_test), train.subset(keep_train)
+        truth = None if truth is None else truth.iloc[keep_test].reset_index(drop=True)
     uplift = pd.DataFrame(pred[metric_outcome][:, 1:] - pred[metric_outcome][:, :1], columns=test.levels[1:])
     out: dict = per_treatment_metrics(uplift, test.treatment_names, test.outcome(metric_outcome), test.control)
     d = policy.discount_rates(test.levels, test.discounts)
     profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
     choice, used = choose_levels(profit, spend)
     mu = policy.margin * pred["revenue"][:, :1] + profit  # expected absolute profit per level (for DR)
-    e_test = test.propensity if test.propensity is not None else model.predict_propensity(test.features)
-    e_train = train.propensity if train.propensity is not None else model.predict_propensity(train.features)
+    if propensity is not None:
+        e_test, e_train = propensity["test"][keep_test], propensity["train"][keep_train]
+    else:
+        e_test = test.propensity if test.propensity is not None else model.predict_propensity(test.features)
+        e_train = train.propensity if train.propensity is not None else model.predict_propensity(train.features)
     y_test = observed_profit(test.treatment, test.revenue, d, policy.margin, policy.contact_cost)
     y_train = observed_profit(train.treatment, train.revenue, d, policy.margin, policy.contact_cost)
     best = best_single_level(train.treatment, y_train, e_train)
     out.update(evaluate_policy(choice, test.treatment, y_test, e_test, mu, test.levels, best))
     out["level_share"] = {lv: float((choice == i).mean()) for i, lv in enumerate(test.levels)}
+    if propensity is not None:
+        out["policy_value_snipw"], out["policy_value_snipw_ci"] = snipw_policy_value(choice, test.treatment, y_test,
+                                                                                     e_test)
+        out["assignment"], out["propensity"] = "targeted", propensity["source"]
+        out["trimmed"] = {"test_rows": n_test - len(keep_test), "test_share": 1.0 - len(keep_test) / n_test,
+                          "min_propensity": propensity["min_propensity"]}
     if truth is not None:
         out["oracle"] = oracle_gap(pred, test, truth, policy, d, budget_shares)
+        if propensity is not None:  # what the off-policy estimates above estimate, from the truth
+            out["oracle"]["policy_value_true"] = true_policy_value(choice, test.levels, truth, policy, d)
     return out
+
+
+def true_policy_value(choice: np.ndarray, levels: list[str], truth: pd.DataFrame, policy: PolicyConfig,
+                      d: np.ndarray) -> float:
+    """True expected incremental profit per customer over treat-none of giving each customer `choice`."""
+    true_rev = np.stack([truth[f"exp_revenue_{lv}"].to_numpy() for lv in levels], axis=1)
+    t_profit, _ = level_economics(true_rev, d, policy.margin, policy.contact_cost)
+    return float(t_profit[np.arange(len(choice)), choice].mean())
 
 
 def oracle_gap(pred: dict, test: CampaignData, truth: pd.DataFrame, policy: PolicyConfig, d: np.ndarray,
@@ -179,7 +249,8 @@ def _agg(values: list) -> object:
                                                                     else 0.0, 6)}
 
 
-def protocol_text(cfg: UpliftConfig, seeds: list[int], n: int, levels: list[str]) -> str:
+def protocol_text(cfg: UpliftConfig, seeds: list[int], n: int, levels: list[str], assignment: str = "randomised"
+                  ) -> str:
     p = cfg.policy
     value = ("one unit of value per visit (revenue = visit)" if cfg.data.outcome == "visit" and
              cfg.data.dataset == "hillstrom" else "revenue net of the discount")
@@ -194,6 +265,10 @@ def protocol_text(cfg: UpliftConfig, seeds: list[int], n: int, levels: list[str]
         f"discount)) - expected discount paid - contact cost, margin {p.margin}, contact cost {p.contact_cost} per contacted customer, value = {value}; "
         "policy_value = incremental profit per customer over treat-none on the test split, IPW with the known "
         "assignment probabilities (95% normal CI; DR beside it); best single level chosen on the training split."
+        + (" Targeted log: the assignment probabilities are estimated (gradient boosting, cross-fitted on the "
+           "training rows, fitted on them for the test rows), every number is taken on the rows inside the common "
+           f"support (every level >= {cfg.net.min_propensity:g}), self-normalised IPW beside IPW and DR; Qini and AUUC"
+           " compare the arms as logged (confounded)." if assignment == "targeted" else "")
     )
 
 
@@ -210,20 +285,30 @@ def run_bench(cfg: UpliftConfig, out: str | Path, seeds: int = 5, models: tuple[
     per_model: dict[str, list[dict]] = {m: [] for m in (*models, *refs)}
     seconds = dict.fromkeys(per_model, 0.0)
     seed_list = [cfg.data.split_seed + s for s in range(seeds)]
+    trimmed: list[dict] = []
     for seed in seed_list:
         tr, te = stratified_split(data, cfg.data.test_size, seed, cfg.data.metric_outcome)
         train, test = data.subset(tr), data.subset(te)
         t_test = None if truth is None else truth.iloc[te].reset_index(drop=True)
+        ev = evaluation_propensity(train, test, cfg.net.propensity_folds, seed, cfg.net.min_propensity)
+        if ev is not None:
+            trimmed.append({"train_share": float(1 - ev["inside_train"].mean()),
+                            "test_share": float(1 - ev["inside_test"].mean())})
+            log.info("seed %d: targeted log, estimated propensities; %.1f%% of training and %.1f%% of test rows "
+                     "outside the common support", seed, 100 * trimmed[-1]["train_share"],
+                     100 * trimmed[-1]["test_share"])
         for name in per_model:
             t0 = time.perf_counter()
             if name == "feature_oracle":
                 from offerlab.uplift.baselines import FeatureOracle
 
                 model = FeatureOracle(seed).fit(train, truth.iloc[tr].reset_index(drop=True))
+            elif name in PEERS and ev is not None:
+                model = make_model(name, cfg, seed).fit(train, propensity=ev["train"])
             else:
                 model = make_model(name, cfg, seed).fit(train)
             res = score_split(model, train, test, cfg.policy, cfg.data.metric_outcome, t_test, meta,
-                              cfg.budget_shares)
+                              cfg.budget_shares, propensity=ev)
             seconds[name] += time.perf_counter() - t0
             per_model[name].append(res)
             log.info("seed %d %s: qini %s policy %.4f (%.1fs)", seed, name,
@@ -232,7 +317,11 @@ def run_bench(cfg: UpliftConfig, out: str | Path, seeds: int = 5, models: tuple[
         "task": "uplift",
         "dataset": cfg.data.dataset,
         "outcome": cfg.data.outcome,
-        "protocol": protocol_text(cfg, seed_list, len(data), data.levels),
+        "protocol": protocol_text(cfg, seed_list, len(data), data.levels, data.assignment),
+        "assignment": data.assignment,
+        "propensity": (f"estimated (cross-fitted, {cfg.net.propensity_folds} folds)" if trimmed else
+                       "known (the log's design)" if data.propensity is not None else "not given"),
+        "trimmed": _agg(trimmed) if trimmed else None,
         "policy": cfg.policy.model_dump(),
         "seeds": seed_list,
         "models": {m: {k: v for k, v in _agg(r).items() if k != "oracle"} for m, r in per_model.items()

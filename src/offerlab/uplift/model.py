@@ -16,6 +16,20 @@ piecewise-linear encoding over training quantile bins (`numeric_bins`), computed
 The propensity head is trained as in DragonNet (it shapes phi towards what predicts assignment);
 known propensities (a randomised log) are used as given, otherwise the head's estimate is used,
 both for optional inverse-propensity weighting of the outcome losses and for off-policy evaluation.
+
+A targeted log (the CRM chose who got which level: `data.assignment == "targeted"`, or "unknown" and
+`propensity.assignment_check` says so) takes a doubly robust path instead (`_fit_targeted`):
+1. propensities e(x) cross-fitted by a gradient-boosted classifier (`propensity.cross_fitted_propensity`);
+2. customers with any level below `min_propensity` are outside the common support: flagged and trimmed;
+3. first stage: the ensemble is fitted on the kept rows with e(x) in place of the arm shares (the direct
+   uplift loss, when on, and the stabilised inverse-propensity weights of the outcome losses, `ipw_weighting`);
+   the members' validation rows are disjoint folds, so each row has an out-of-fold prediction mu_l(x);
+4. second stage (DR-learner, Kennedy 2023, in residual form): per level and outcome (conversion and revenue,
+   what the policy's profit consumes) a ridge regression of the cross-fitted AIPW correction
+   1[T = l] (y - mu_l(x)) / e_l(x) on the features, added to mu_l(x). Its mean over the rows is the AIPW
+   estimate of E[Y(l)], unbiased if either mu or e is right; the ridge (penalty by generalised cross-validation)
+   lets the correction vary with x only as far as the noisy residuals support.
+What was done is in `fit_report` (assignment, propensity source, trimmed rows, objective) and logged at INFO.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from offerlab.uplift.data import CampaignData, FeatureEncoder
+from offerlab.uplift.propensity import MIN_PROPENSITY
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +81,14 @@ class NetConfig(BaseModel):
                               "training quantile bins, inside the net (the encoder and serving are unchanged); 0 = off")
     propensity: Literal["auto", "known", "estimate"] = "auto"
     ipw_weighting: bool = Field(False, description="weight outcome losses by 1/propensity (observational logs)")
+    # a targeted (non-randomised) log: see the module docstring
+    propensity_folds: int = Field(5, ge=2, description="folds of the cross-fitted propensities of a targeted log")
+    min_propensity: float = Field(MIN_PROPENSITY, gt=0, lt=0.5, description="a targeted log's customers with any "
+                                  "level's estimated probability below this are outside the common support: trimmed")
+    max_ipw_weight: float = Field(20.0, ge=1, description="cap on the stabilised inverse-propensity weight "
+                                  "(arm share / e) of a targeted log's outcome losses")
+    dr_correction: bool = Field(True, description="targeted logs: add the DR-learner second stage (a ridge fit of "
+                                "the cross-fitted AIPW residuals) to each level's conversion and revenue")
 
 
 class TrainerConfig(BaseModel):
@@ -294,6 +317,10 @@ class UpliftModel:
         self.revenue_is_conversion = False
         self.known_propensity: np.ndarray | None = None
         self.history: list[dict] = []
+        self.fit_report: dict = {}
+        self.propensity_model = None  # a targeted log's assignment classifier, for rows the fit never saw
+        # DR second stage: per outcome, (coef (L, F), intercept (L,)) of the correction added to each level
+        self.dr_correction: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # ---------------------------------------------------------------------------------------- fitting
     def _tensors(self, x: np.ndarray, data: CampaignData, weights: np.ndarray, prop: np.ndarray
@@ -313,18 +340,41 @@ class UpliftModel:
             raise ValueError("net.propensity is 'known' but the campaign log carries no usable propensity column")
         return data.propensity if mode in ("known", "auto") else None
 
-    def fit(self, data: CampaignData, callbacks: list | None = None) -> UpliftModel:
-        """Train the ensemble; each member holds out its own stratified validation split for early stopping."""
-        from sklearn.model_selection import train_test_split
+    def _assignment(self, data: CampaignData) -> tuple[str, np.ndarray | None]:
+        """How the log was assigned, as the fit treats it, and the check's propensities where it ran one.
+        "unknown" without a known design is settled by `assignment_check` (arm-prediction AUC vs chance)."""
+        if data.assignment != "unknown" or data.propensity is not None or self.net_cfg.propensity == "known":
+            return ("targeted" if data.assignment == "targeted" else "randomised"), None
+        from offerlab.uplift.propensity import assignment_check
 
-        c, tc = self.net_cfg, self.trainer_cfg
-        torch.set_num_threads(tc.num_threads)
+        check = assignment_check(data.features, data.treatment, data.levels, self.net_cfg.propensity_folds, self.seed,
+                                 self.net_cfg.min_propensity)
+        log.info("assignment unknown: the randomisation check says %s (arm-prediction AUC %.3f, threshold %.3f)",
+                 check["verdict"], check["auc"], check["threshold"])
+        return check["verdict"], check["propensity"] if check["verdict"] == "targeted" else None
+
+    def _prepare(self, data: CampaignData) -> np.ndarray:
+        """Levels, encoder and revenue scale from the training log; returns the encoded feature matrix."""
+        torch.set_num_threads(self.trainer_cfg.num_threads)
         self.levels, self.discounts = list(data.levels), dict(data.discounts)
         self.encoder = FeatureEncoder.fit(data.features)
         x = self.encoder.transform(data.features)
         self.revenue_is_conversion = bool(np.array_equal(data.revenue, data.conversion))
         conv_rev = data.revenue[data.conversion > 0]
         self.revenue_scale = float(conv_rev.mean()) if len(conv_rev) and conv_rev.mean() > 0 else 1.0
+        self.propensity_model, self.dr_correction = None, {}
+        return x
+
+    def fit(self, data: CampaignData, callbacks: list | None = None) -> UpliftModel:
+        """Train the ensemble; each member holds out its own stratified validation split for early stopping.
+        A targeted log takes the doubly robust path (module docstring)."""
+        from sklearn.model_selection import train_test_split
+
+        assignment, check_prop = self._assignment(data)
+        if assignment == "targeted":
+            return self._fit_targeted(data, callbacks, check_prop)
+        c = self.net_cfg
+        x = self._prepare(data)
         prop = self._propensity_for_fit(data)
         self.known_propensity = None if prop is None else prop[0].copy()
         weights = np.ones(len(data))
@@ -335,12 +385,42 @@ class UpliftModel:
         e_fit = prop if prop is not None else np.tile(
             np.bincount(data.treatment, minlength=len(self.levels)) / len(data), (len(data), 1))
         strata = data.treatment * 2 + (data.conversion > 0)
+        splits = [train_test_split(np.arange(len(data)), test_size=c.val_fraction, random_state=self.seed * 1000 + m,
+                                   stratify=strata) for m in range(c.ensemble)]
+        self._fit_members(x, data, weights, e_fit, splits, callbacks)
+        self.fit_report = {
+            "assignment": "randomised", "propensity": "known (the log's design)" if prop is not None else
+            "unknown: arm shares in the uplift loss, the propensity head's estimate for evaluation",
+            "trimmed": {"rows": 0, "share": 0.0}, "objective": self._objective(dr=False),
+        }
+        log.info("uplift fit: %s log, propensity %s, objective: %s", self.fit_report["assignment"],
+                 self.fit_report["propensity"], self.fit_report["objective"])
+        return self
+
+    def _objective(self, dr: bool) -> str:
+        c = self.net_cfg
+        parts = ["per-level conversion likelihood (+ Poisson revenue given conversion)" if not self.revenue_is_conversion
+                 else "per-level conversion likelihood"]
+        if c.uplift_loss_weight > 0:
+            parts.append(f"{c.uplift_loss_weight:g} x {c.uplift_loss} uplift loss")
+        if dr:
+            if c.ipw_weighting:
+                parts[0] = f"stabilised IPW-weighted (cap {c.max_ipw_weight:g}) " + parts[0]
+            parts.append("with estimated propensities; then the DR-learner second stage (ridge on the cross-fitted "
+                         "AIPW residuals of conversion and revenue per level)" if c.dr_correction else
+                         "with estimated propensities (no DR second stage)")
+        elif c.ipw_weighting and self.known_propensity is not None:
+            parts[0] = "IPW-weighted " + parts[0]
+        return "; ".join(parts)
+
+    def _fit_members(self, x: np.ndarray, data: CampaignData, weights: np.ndarray, e_fit: np.ndarray,
+                     splits: list[tuple[np.ndarray, np.ndarray]], callbacks: list | None) -> None:
+        """Train one member per (train rows, validation rows) split, seeded by its position."""
+        c, tc = self.net_cfg, self.trainer_cfg
         self.nets, self.history = [], []
-        for member in range(c.ensemble):
+        for member, (tr, va) in enumerate(splits):
             seed = self.seed * 1000 + member
             pl.seed_everything(seed, workers=True, verbose=False)
-            tr, va = train_test_split(np.arange(len(data)), test_size=c.val_fraction, random_state=seed,
-                                      stratify=strata)
             net = MultiTreatmentNet(x.shape[1], len(self.levels), c.model_dump(),
                                     revenue_head=not self.revenue_is_conversion, n_numeric=len(self.encoder.numeric))
             net.set_bin_edges(x[tr])
@@ -360,7 +440,102 @@ class UpliftModel:
             self.nets.append(net.cpu())
             self.history.append({"member": member, "best_val_loss": keep.best, "monitor": keep.monitor,
                                  "epochs": trainer.current_epoch})
+
+    def _fit_targeted(self, data: CampaignData, callbacks: list | None, check_prop: np.ndarray | None
+                      ) -> UpliftModel:
+        """Doubly robust fit of a targeted log: estimated propensities, trimming, first stage, DR second stage."""
+        from sklearn.model_selection import StratifiedKFold, train_test_split
+
+        from offerlab.uplift.propensity import PropensityModel, cross_fitted_propensity, overlap_mask
+
+        c = self.net_cfg
+        x = self._prepare(data)
+        n_levels = len(self.levels)
+        if data.propensity is not None:
+            e, source = data.propensity, "known (the log's)"
+        else:
+            e = check_prop if check_prop is not None else cross_fitted_propensity(
+                data.features, data.treatment, n_levels, c.propensity_folds, self.seed)
+            source = f"estimated (cross-fitted, {c.propensity_folds} folds)"
+            # new rows (test, serving) get the classifier fitted on every training row
+            self.propensity_model = PropensityModel.fit(data.features, data.treatment, n_levels, self.seed,
+                                                        encoder=self.encoder)
+        self.known_propensity = None
+        inside = overlap_mask(e, c.min_propensity)
+        keep = np.flatnonzero(inside)
+        if len(keep) < 100 or (np.bincount(data.treatment[keep], minlength=n_levels) < 10).any():
+            raise ValueError(f"only {len(keep)} of {len(data)} customers have every level's propensity >= "
+                             f"{c.min_propensity}: the targeted log has too little overlap to estimate effects")
+        fit_data, xk, ek = data.subset(keep), x[keep], e[keep]
+        t = fit_data.treatment
+        weights = np.ones(len(keep))
+        if c.ipw_weighting:  # stabilised: the arm's share over the row's propensity, capped, mean 1
+            share = np.bincount(t, minlength=n_levels) / len(t)
+            weights = np.minimum(share[t] / ek[np.arange(len(t)), t], c.max_ipw_weight)
+            weights /= weights.mean()
+        strata = t * 2 + (fit_data.conversion > 0)
+        if c.ensemble >= 2:  # disjoint validation folds: each row has one member that never trained on it
+            folds = StratifiedKFold(c.ensemble, shuffle=True, random_state=self.seed).split(xk, strata)
+            splits = [(np.sort(tr), np.sort(va)) for tr, va in folds]
+        else:
+            splits = [train_test_split(np.arange(len(keep)), test_size=c.val_fraction, random_state=self.seed * 1000,
+                                       stratify=strata)]
+        self._fit_members(xk, fit_data, weights, ek, splits, callbacks)
+        if c.dr_correction:
+            self.dr_correction = self._dr_second_stage(xk, fit_data, ek, splits)
+        n_out = int((~inside).sum())
+        self.fit_report = {
+            "assignment": "targeted", "propensity": source,
+            "trimmed": {"rows": n_out, "share": n_out / len(data), "min_propensity": c.min_propensity,
+                        "kept_by_level": dict(zip(self.levels, np.bincount(t, minlength=n_levels).tolist(),
+                                                  strict=True))},
+            "propensity_range": {lv: [float(e[:, j].min()), float(np.median(e[:, j])), float(e[:, j].max())]
+                                 for j, lv in enumerate(self.levels)},
+            "objective": self._objective(dr=True),
+        }
+        if self.dr_correction:
+            self.fit_report["dr_mean_correction"] = {
+                k: dict(zip(self.levels, np.asarray(v[2]).round(6).tolist(), strict=True))
+                for k, v in self.dr_correction.items()}
+            self.dr_correction = {k: v[:2] for k, v in self.dr_correction.items()}
+        log.info("uplift fit: targeted log, propensity %s; trimmed %d of %d customers (%.1f%%) outside the common "
+                 "support (a level below %.3g)", source, n_out, len(data), 100 * n_out / len(data), c.min_propensity)
+        log.info("uplift fit objective: %s", self.fit_report["objective"])
         return self
+
+    def _out_of_fold(self, x: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Per row, the conversion and revenue per level of the member whose validation rows held it (NaN where no
+        member held it out)."""
+        n_levels = len(self.levels)
+        out = {k: np.full((len(x), n_levels), np.nan) for k in ("conversion", "revenue")}
+        for net, (_, va) in zip(self.nets, splits, strict=True):
+            raw = self._raw_nets([net], x[va])
+            out["conversion"][va] = raw["p"]
+            out["revenue"][va] = raw["p"] if self.revenue_is_conversion else raw["p"] * raw["m"]
+        return out
+
+    def _dr_second_stage(self, x: np.ndarray, data: CampaignData, e: np.ndarray,
+                         splits: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, ...]]:
+        """Per outcome, ridge fits of psi_l = 1[T = l] (y - mu_l(x)) / e_l(x) on x (mu out of fold), one per level.
+        Returns {outcome: (coef (L, F), intercept (L,), mean psi (L,))}."""
+        from sklearn.linear_model import RidgeCV
+
+        oof = self._out_of_fold(x, splits)
+        rows = np.flatnonzero(~np.isnan(oof["conversion"][:, 0]))
+        outcomes = {"conversion": data.conversion} if self.revenue_is_conversion else {
+            "conversion": data.conversion, "revenue": data.revenue}
+        out = {}
+        for name, y in outcomes.items():
+            coef, icpt, mean = [], [], []
+            for lv in range(len(self.levels)):
+                hit = (data.treatment[rows] == lv).astype(float)
+                psi = hit * (y[rows] - oof[name][rows, lv]) / e[rows, lv]
+                ridge = RidgeCV(alphas=np.logspace(0, 7, 15) * len(rows) / 1e4).fit(x[rows], psi)
+                coef.append(ridge.coef_)
+                icpt.append(float(ridge.intercept_))
+                mean.append(float(psi.mean()))
+            out[name] = (np.asarray(coef), np.asarray(icpt), np.asarray(mean))
+        return out
 
     # ------------------------------------------------------------------------------------- prediction
     def _encode(self, features: pd.DataFrame | np.ndarray) -> torch.Tensor:
@@ -369,11 +544,16 @@ class UpliftModel:
         x = features if isinstance(features, np.ndarray) else self.encoder.transform(features)
         return torch.as_tensor(x, dtype=torch.float32)
 
-    @torch.no_grad()
     def _raw(self, features: pd.DataFrame | np.ndarray, chunk: int = 65536) -> dict[str, np.ndarray]:
+        return self._raw_nets(self.nets, features, chunk)
+
+    @torch.no_grad()
+    def _raw_nets(self, nets: list[MultiTreatmentNet], features: pd.DataFrame | np.ndarray, chunk: int = 65536
+                  ) -> dict[str, np.ndarray]:
+        """Ensemble means over `nets`: conversion probabilities p, revenue given conversion m, propensities e."""
         x = self._encode(features)
         acc: dict[str, np.ndarray] = {}
-        for net in self.nets:
+        for net in nets:
             parts: dict[str, list[np.ndarray]] = {"p": [], "m": [], "e": []}
             for s in range(0, len(x), chunk):
                 out = net(x[s : s + chunk])
@@ -383,19 +563,33 @@ class UpliftModel:
                     parts["m"].append(torch.exp(out["log_rev"]).numpy() * self.revenue_scale)
             for k, v in parts.items():
                 if v:
-                    acc[k] = acc.get(k, 0) + np.concatenate(v) / len(self.nets)
+                    acc[k] = acc.get(k, 0) + np.concatenate(v) / len(nets)
         return acc
 
     def predict_levels(self, features: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
-        """Expected conversion and revenue under each level, arrays (n, L) in `self.levels` order."""
+        """Expected conversion and revenue under each level, arrays (n, L) in `self.levels` order
+        (with the DR second stage added when the model was fitted on a targeted log)."""
         raw = self._raw(features)
+        conversion = raw["p"]
         revenue = raw["p"] if self.revenue_is_conversion else raw["p"] * raw["m"]
-        return {"conversion": raw["p"], "revenue": revenue}
+        if self.dr_correction:
+            x = self._encode(features).numpy().astype(float)
+            coef, icpt = self.dr_correction["conversion"]
+            conversion = np.clip(conversion + x @ coef.T + icpt, 0.0, 1.0)
+            if self.revenue_is_conversion:
+                revenue = conversion
+            else:
+                coef, icpt = self.dr_correction["revenue"]
+                revenue = np.clip(revenue + x @ coef.T + icpt, 0.0, None)
+        return {"conversion": conversion, "revenue": revenue}
 
     def predict_propensity(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Assignment probabilities (n, L): the known design if the log carried one, else the head's estimate."""
+        """Assignment probabilities (n, L): the known design if the log carried one; for a targeted log the
+        classifier fitted on its training rows; else the head's estimate."""
         if self.known_propensity is not None:
             return np.tile(self.known_propensity, (len(features), 1))
+        if self.propensity_model is not None:
+            return self.propensity_model.predict(features)
         return self._raw(features)["e"]
 
     def uplift(self, features: pd.DataFrame | np.ndarray, outcome: str = "conversion") -> pd.DataFrame:
@@ -422,6 +616,8 @@ class UpliftModel:
             "known_propensity": None if self.known_propensity is None else self.known_propensity.tolist(),
             "n_features": len(self.encoder.feature_names) if self.encoder else 0,
             "nets": [n.state_dict() for n in self.nets],
+            "fit_report": self.fit_report, "propensity_model": self.propensity_model,
+            "dr_correction": {k: [v[0].tolist(), v[1].tolist()] for k, v in self.dr_correction.items()},
         }
 
     def save(self, path) -> None:
@@ -435,6 +631,8 @@ class UpliftModel:
         m.levels, m.discounts, m.revenue_scale = s["levels"], s["discounts"], s["revenue_scale"]
         m.revenue_is_conversion = s["revenue_is_conversion"]
         m.known_propensity = None if s["known_propensity"] is None else np.asarray(s["known_propensity"])
+        m.fit_report, m.propensity_model = s.get("fit_report", {}), s.get("propensity_model")
+        m.dr_correction = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in s.get("dr_correction", {}).items()}
         for sd in s["nets"]:
             net = MultiTreatmentNet(s["n_features"], len(m.levels), s["net_cfg"],
                                     revenue_head=not m.revenue_is_conversion, n_numeric=len(m.encoder.numeric))

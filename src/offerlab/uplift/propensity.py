@@ -59,21 +59,25 @@ def cross_fitted_propensity(features: pd.DataFrame, treatment: np.ndarray, n_lev
 
 
 class PropensityModel:
-    """The assignment classifier fitted on a log's rows (its own feature encoder), for other rows."""
+    """The assignment classifier fitted on a log's rows, for other rows (a test split, new customers)."""
 
     def __init__(self, encoder: FeatureEncoder, classifier, n_levels: int):
         self.encoder, self.classifier, self.n_levels = encoder, classifier, n_levels
 
     @classmethod
-    def fit(cls, features: pd.DataFrame, treatment: np.ndarray, n_levels: int, seed: int = 0) -> PropensityModel:
-        encoder = FeatureEncoder.fit(features)
+    def fit(cls, features: pd.DataFrame, treatment: np.ndarray, n_levels: int, seed: int = 0,
+            encoder: FeatureEncoder | None = None) -> PropensityModel:
+        """`encoder`: the caller's (fitted on the same rows), so that matrices it encodes can be passed to predict."""
+        encoder = encoder or FeatureEncoder.fit(features)
         clf = _classifier(seed).fit(encoder.transform(features), np.asarray(treatment, dtype=np.int64))
         return cls(encoder, clf, n_levels)
 
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
-        """(n, n_levels) probabilities, floored at 1e-4 and renormalised as in `cross_fitted_propensity`."""
-        out = np.zeros((len(features), self.n_levels))
-        out[:, self.classifier.classes_] = self.classifier.predict_proba(self.encoder.transform(features))
+    def predict(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """(n, n_levels) probabilities, floored at 1e-4 and renormalised as in `cross_fitted_propensity`.
+        `features`: a raw frame, or a matrix already encoded by `self.encoder`."""
+        x = features if isinstance(features, np.ndarray) else self.encoder.transform(features)
+        out = np.zeros((len(x), self.n_levels))
+        out[:, self.classifier.classes_] = self.classifier.predict_proba(x)
         out = np.maximum(out, 1e-4)
         return out / out.sum(axis=1, keepdims=True)
 
