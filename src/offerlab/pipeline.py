@@ -14,7 +14,7 @@ from offerlab.registry import FAMILIES
 log = logging.getLogger(__name__)
 
 
-def synth_safely(n_customers: int, seed: int, out_dir: Path, *, overwrite: bool = False) -> dict[str, Path]:
+def synth_safely(n_customers: int, seed: int, out_dir: Path, *, overwrite: bool = False, **kw) -> dict[str, Path]:
     """Generate into a temporary sibling folder and move it into place only when complete.
 
     A failed or interrupted run leaves an existing data set in `out_dir` untouched; an existing,
@@ -28,7 +28,7 @@ def synth_safely(n_customers: int, seed: int, out_dir: Path, *, overwrite: bool 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        synth_to_dir(n_customers, seed, tmp)
+        synth_to_dir(n_customers, seed, tmp, **kw)  # kw: campaign_assignment
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

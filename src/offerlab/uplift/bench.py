@@ -273,9 +273,12 @@ def protocol_text(cfg: UpliftConfig, seeds: list[int], n: int, levels: list[str]
 
 
 def run_bench(cfg: UpliftConfig, out: str | Path, seeds: int = 5, models: tuple[str, ...] = ("offerlab", *PEERS),
-              feature_oracle: bool = True) -> dict:
+              feature_oracle: bool = True, predictions: str | Path | None = None) -> dict:
     """Fit every model on each seed's split, score them, aggregate, and write the JSON atomically.
-    `feature_oracle=False` skips that (slow) reference on synthetic data."""
+    `feature_oracle=False` skips that (slow) reference on synthetic data. `predictions`: also write every model's
+    out-of-sample predictions (model, seed, customer_id, conversion_<level>, revenue_<level> on each test split)
+    as parquet, for the user's own analysis (raw ids: a local file, never logged)."""
+    pred_rows: list[pd.DataFrame] = []
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t_load = time.perf_counter()
@@ -309,6 +312,8 @@ def run_bench(cfg: UpliftConfig, out: str | Path, seeds: int = 5, models: tuple[
                 model = make_model(name, cfg, seed).fit(train)
             res = score_split(model, train, test, cfg.policy, cfg.data.metric_outcome, t_test, meta,
                               cfg.budget_shares, propensity=ev)
+            if predictions is not None:
+                pred_rows.append(prediction_frame(model, test, name, seed))
             seconds[name] += time.perf_counter() - t0
             per_model[name].append(res)
             log.info("seed %d %s: qini %s policy %.4f (%.1fs)", seed, name,
@@ -332,11 +337,22 @@ def run_bench(cfg: UpliftConfig, out: str | Path, seeds: int = 5, models: tuple[
         "config": {"net": cfg.net.model_dump(), "trainer": cfg.trainer.model_dump()},
     }
     result["targets"] = check_targets(result)
+    if predictions is not None:
+        from offerlab.serving.score import write_atomic
+
+        write_atomic(pd.concat(pred_rows, ignore_index=True), Path(predictions))
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(result, f, indent=1, default=float)
     os.replace(tmp, out)
     return result
+
+
+def prediction_frame(model, test: CampaignData, name: str, seed: int) -> pd.DataFrame:
+    """One model's expected conversion and revenue under every level for the test rows of one split."""
+    pred = model.predict_levels(test.features)
+    cols = {f"{k}_{lv}": pred[k][:, i] for k in ("conversion", "revenue") for i, lv in enumerate(test.levels)}
+    return pd.DataFrame({"model": name, "seed": seed, "customer_id": test.customer_id.astype(str), **cols})
 
 
 def check_targets(result: dict) -> dict:

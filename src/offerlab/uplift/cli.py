@@ -43,8 +43,10 @@ def _default_config(dataset: str) -> Path | None:
               help="Comma-separated models to run.")
 @click.option("--feature-oracle/--no-feature-oracle", default=True, show_default=True,
               help="Synthetic data: also fit the (slow) feature-ceiling reference.")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help="Also write every model's out-of-sample predictions per split (parquet, raw ids: keep it local).")
 def bench(dataset, data_spec, data_sets, out, outcome, seeds, config_path, data_path, mapping, synth_dir, customers,
-          synth_seed, margin, contact_cost, models, feature_oracle) -> None:
+          synth_seed, margin, contact_cost, models, feature_oracle, predictions) -> None:
     """Benchmark ours against S/T/X-learners with gradient boosting on the same splits; write one JSON.
 
     \b
@@ -79,7 +81,7 @@ def bench(dataset, data_spec, data_sets, out, outcome, seeds, config_path, data_
     if contact_cost is not None:
         overrides["policy"]["contact_cost"] = contact_cost
     cfg = load_config(config_path or _default_config("default" if dataset == "spec" else dataset), overrides)
-    result = run_bench(cfg, out, seeds=seeds, models=chosen, feature_oracle=feature_oracle)
+    result = run_bench(cfg, out, seeds=seeds, models=chosen, feature_oracle=feature_oracle, predictions=predictions)
     click.echo(json.dumps({"out": out, "seconds": result["seconds"], "targets": result["targets"]}, indent=1,
                           default=float))
 

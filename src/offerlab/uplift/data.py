@@ -160,6 +160,8 @@ def _known_propensity(campaign: pd.DataFrame, codes: np.ndarray, n_levels: int) 
     if "propensity" not in campaign:
         return None
     p = campaign["propensity"].to_numpy(dtype=float)
+    if not np.isfinite(p).all():  # a CRM export with empty cells carries no design
+        return None
     by_level = pd.Series(p).groupby(codes).agg(["min", "max"])
     if len(by_level) < n_levels or (by_level["max"] - by_level["min"]).max() > 1e-9:
         return None
