@@ -36,3 +36,15 @@ def refuse_beside_spec(**given: object) -> None:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} and --data both name the data: drop {flag} (the data spec says where the "
                              "data are; change one of its keys with --data-set KEY=VALUE)")
+
+
+def spec_overrides(family: str, data_spec: str | None, data_sets: tuple[str, ...], **data_options) -> dict:
+    """The `family` config keys `--data` sets (data, economics, dates), after refusing data options beside it;
+    {} without --data."""
+    from offerlab.data.spec import family_overrides
+
+    spec = open_spec(data_spec, data_sets)
+    if spec is None:
+        return {}
+    refuse_beside_spec(**data_options)
+    return family_overrides(spec, family)

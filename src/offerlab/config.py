@@ -32,6 +32,17 @@ def expand_dotted(d: dict) -> dict:
     return out
 
 
+def parse_key_values(items, flag: str, example: str) -> dict[str, object]:
+    """`KEY=VALUE` command-line pairs (values read as YAML: 3, 0.1, [0], true) -> {dotted key: value}."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """Nested mapping -> {'a.b': value}, the shape MLflow params take."""
     out: dict = {}

@@ -20,23 +20,17 @@ from pathlib import Path
 from types import ModuleType
 
 import click
-import yaml
 
 from offerlab.cli_options import data_spec_options, open_spec
+from offerlab.config import parse_key_values
 
 log = logging.getLogger(__name__)
 PRUNED_TAG = "offerlab.trial_state"
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
-    """`key.sub=value` pairs (values read as YAML: 3, 0.1, [0], true) -> {dotted key: value}."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.seeds=[0]")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    """`--set key.sub=value` pairs -> {dotted key: value}."""
+    return parse_key_values(items, "--set", "training.seeds=[0]")
 
 
 def family_module(family: str) -> ModuleType:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from offerlab.cli_options import data_spec_options, open_spec, refuse_beside_spec
+from offerlab.cli_options import data_spec_options, spec_overrides
 
 CONFIG_DIR = Path("configs") / "credit"
 
@@ -30,17 +30,6 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _spec_overrides(data_spec: str | None, data_sets: tuple[str, ...], **data_options) -> dict:
-    """The config keys `--data` sets (the data, the terms policy and its columns; none without --data)."""
-    from offerlab.data.spec import family_overrides
-
-    spec = open_spec(data_spec, data_sets)
-    if spec is None:
-        return {}
-    refuse_beside_spec(**data_options)
-    return family_overrides(spec, "credit")
-
-
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Credit config YAML (default: configs/credit/default.yaml).")
@@ -60,7 +49,7 @@ def train(config_path: str | None, data_spec: str | None, data_sets: tuple[str, 
     path = Path(config_path) if config_path else _default_config("default")
     if path is None:
         raise ValueError("no --config given and configs/credit/default.yaml not found")
-    cfg = load_config(path, _spec_overrides(data_spec, data_sets))
+    cfg = load_config(path, spec_overrides("credit", data_spec, data_sets))
     _quiet_lightning()
     summary = train_credit(cfg, progress=not no_progress)
     summary.pop("model", None)
@@ -96,7 +85,7 @@ def bench(dataset: str | None, data_spec: str | None, data_sets: tuple[str, ...]
     from offerlab.credit.bench import run_bench, write_json_atomic
     from offerlab.credit.config import load_config
 
-    spec_over = _spec_overrides(data_spec, data_sets, dataset=dataset, data_path=data_path, mapping=mapping,
+    spec_over = spec_overrides("credit", data_spec, data_sets, dataset=dataset, data_path=data_path, mapping=mapping,
                                 synth_dir=synth_dir, customers=customers, seed=seed)
     if spec_over:
         cfg = load_config(Path(config_path) if config_path else _default_config("default"), spec_over)

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from offerlab.config import deep_merge, expand_dotted
+from offerlab.config import deep_merge, expand_dotted, parse_key_values
 from offerlab.data.loaders import ColumnMapping, DataFileMissing, load_mapped
 
 log = logging.getLogger(__name__)
@@ -165,13 +165,7 @@ def read_spec(path: str | Path, overrides: dict | None = None) -> DataSpec:
 
 def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, object]:
     """`--data-set KEY=VALUE` pairs (values read as YAML) -> {dotted key: value}."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"--data-set {item!r}: expected KEY=VALUE, e.g. --data-set economics.margin=0.35")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_key_values(items, "--data-set", "economics.margin=0.35")
 
 
 _LOADED: dict[tuple, SpecData] = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from offerlab.cli_options import data_spec_options, open_spec, refuse_beside_spec
+from offerlab.cli_options import data_spec_options, spec_overrides
 from offerlab.config import deep_merge
 
 CONFIG_DIR = Path("configs/uplift")
@@ -60,7 +60,7 @@ def bench(dataset, data_spec, data_sets, out, outcome, seeds, config_path, data_
     from offerlab.uplift.bench import PEERS, run_bench
     from offerlab.uplift.config import load_config
 
-    overrides = _spec_overrides(data_spec, data_sets, dataset=dataset, data_path=data_path, mapping=mapping,
+    overrides = spec_overrides("uplift", data_spec, data_sets, dataset=dataset, data_path=data_path, mapping=mapping,
                                 synth_dir=synth_dir, customers=customers, synth_seed=synth_seed)
     dataset = "spec" if overrides else (dataset or "hillstrom")
     if mapping is not None:
@@ -86,17 +86,6 @@ def bench(dataset, data_spec, data_sets, out, outcome, seeds, config_path, data_
                           default=float))
 
 
-def _spec_overrides(data_spec: str | None, data_sets: tuple[str, ...], **data_options) -> dict:
-    """The config keys `--data` sets (the data, the economics; none without --data)."""
-    from offerlab.data.spec import family_overrides
-
-    spec = open_spec(data_spec, data_sets)
-    if spec is None:
-        return {}
-    refuse_beside_spec(**data_options)
-    return family_overrides(spec, "uplift")
-
-
 @click.command("train")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Uplift YAML config (with --data default: configs/uplift/default.yaml).")
@@ -116,7 +105,7 @@ def train(config_path: str | None, data_spec: str | None, data_sets: tuple[str, 
     from offerlab.uplift.config import load_config
     from offerlab.uplift.train import train_from_config
 
-    overrides = _spec_overrides(data_spec, data_sets)
+    overrides = spec_overrides("uplift", data_spec, data_sets)
     config_path = config_path or (str(_default_config("default")) if overrides else None)
     if config_path is None:
         raise ValueError("give --config (an uplift YAML) or --data (a data spec)")
