@@ -17,6 +17,8 @@ with the best remaining upgrades by incremental profit per unit of spend. Spend 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,19 +64,35 @@ def level_economics(revenue: np.ndarray, discounts: np.ndarray, margin: float, c
     return profit, spend
 
 
-def _choose_at(profit: np.ndarray, spend: np.ndarray, lam: float) -> np.ndarray:
-    return np.argmax(profit - lam * spend, axis=1)  # column 0 scores 0, so "none" wins ties and losses
+def choose_at_price(profit: np.ndarray, spend: np.ndarray, price: float) -> np.ndarray:
+    """Level index per customer maximising profit - price x spend: the budgeted policy one customer at a time
+    (serving), given the price of spend that the whole-file allocation found. Column 0 (none) scores 0, so
+    "none" wins ties and losses."""
+    return np.argmax(np.asarray(profit, dtype=float) - price * np.asarray(spend, dtype=float), axis=1)
+
+
+_choose_at = choose_at_price
 
 
 def _total(spend: np.ndarray, choice: np.ndarray) -> float:
     return float(spend[np.arange(len(choice)), choice].sum())
 
 
-def choose_levels(profit: np.ndarray, spend: np.ndarray, budget: float | None = None, iters: int = 60
-                  ) -> tuple[np.ndarray, float]:
+@dataclass(frozen=True)
+class Allocation:
+    """A budgeted choice: level index per customer (0 = none), the expected spend it uses, and the price of
+    spend (the Lagrange multiplier lambda: each customer maximises profit - lambda spend; 0 = no budget bound)."""
+
+    choice: np.ndarray
+    used: float
+    price: float
+
+
+def allocate(profit: np.ndarray, spend: np.ndarray, budget: float | None = None, iters: int = 60) -> Allocation:
     """Level index per customer (0 = none) maximising total profit with total spend <= budget.
 
-    Returns (choice, spend used). Lagrangian bisection then a greedy fill of the leftover budget.
+    Lagrangian bisection for the price of spend, then a greedy fill of the leftover budget with the best
+    remaining upgrades by profit per unit of spend. Spend never exceeds the budget.
     """
     profit = np.asarray(profit, dtype=float)
     spend = np.asarray(spend, dtype=float)
@@ -82,7 +100,7 @@ def choose_levels(profit: np.ndarray, spend: np.ndarray, budget: float | None = 
         raise ValueError("spend must be non-negative")
     choice = _choose_at(profit, spend, 0.0)
     if budget is None or _total(spend, choice) <= budget:
-        return choice, _total(spend, choice)
+        return Allocation(choice, _total(spend, choice), 0.0)
     rows = np.arange(len(profit))
     pos = spend > 0
     ratio = np.where(pos, profit / np.where(pos, spend, 1.0), 0.0)
@@ -109,7 +127,14 @@ def choose_levels(profit: np.ndarray, spend: np.ndarray, budget: float | None = 
         choice[take] = best[take]
     used = _total(spend, choice)
     assert used <= budget + 1e-9 * max(1.0, budget), "budgeted allocation exceeded its budget"
-    return choice, used
+    return Allocation(choice, used, float(hi))
+
+
+def choose_levels(profit: np.ndarray, spend: np.ndarray, budget: float | None = None, iters: int = 60
+                  ) -> tuple[np.ndarray, float]:
+    """(choice, spend used) of `allocate`."""
+    a = allocate(profit, spend, budget, iters)
+    return a.choice, a.used
 
 
 def recommend(pred: dict[str, np.ndarray], levels: list[str], policy: PolicyConfig, *, customer_id=None,
