@@ -541,6 +541,8 @@ class UpliftModel:
     def _encode(self, features: pd.DataFrame | np.ndarray) -> torch.Tensor:
         if self.encoder is None:
             raise RuntimeError("the model is not fitted")
+        if isinstance(features, torch.Tensor):
+            return features
         x = features if isinstance(features, np.ndarray) else self.encoder.transform(features)
         return torch.as_tensor(x, dtype=torch.float32)
 
@@ -569,18 +571,26 @@ class UpliftModel:
     def predict_levels(self, features: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
         """Expected conversion and revenue under each level, arrays (n, L) in `self.levels` order
         (with the DR second stage added when the model was fitted on a targeted log)."""
-        raw = self._raw(features)
+        x = self._encode(features)
+        return self._levels_from_raw(self._raw_nets(self.nets, x), x)
+
+    def predict_levels_members(self, features: pd.DataFrame | np.ndarray) -> list[dict[str, np.ndarray]]:
+        """`predict_levels` of each ensemble member alone (the spread is the model's own uncertainty)."""
+        x = self._encode(features)
+        return [self._levels_from_raw(self._raw_nets([net], x), x) for net in self.nets]
+
+    def _levels_from_raw(self, raw: dict[str, np.ndarray], x: torch.Tensor) -> dict[str, np.ndarray]:
         conversion = raw["p"]
         revenue = raw["p"] if self.revenue_is_conversion else raw["p"] * raw["m"]
         if self.dr_correction:
-            x = self._encode(features).numpy().astype(float)
+            xf = x.numpy().astype(float)
             coef, icpt = self.dr_correction["conversion"]
-            conversion = np.clip(conversion + x @ coef.T + icpt, 0.0, 1.0)
+            conversion = np.clip(conversion + xf @ coef.T + icpt, 0.0, 1.0)
             if self.revenue_is_conversion:
                 revenue = conversion
             else:
                 coef, icpt = self.dr_correction["revenue"]
-                revenue = np.clip(revenue + x @ coef.T + icpt, 0.0, None)
+                revenue = np.clip(revenue + xf @ coef.T + icpt, 0.0, None)
         return {"conversion": conversion, "revenue": revenue}
 
     def predict_propensity(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
