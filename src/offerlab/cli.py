@@ -421,5 +421,15 @@ def _attach_tune() -> None:
 
 _attach_tune()
 
+
+def _attach_campaign() -> None:
+    """`offerlab campaign plan | evaluate | simulate` (offerlab.campaign.cli)."""
+    from offerlab.campaign.cli import campaign
+
+    main.add_command(campaign)
+
+
+_attach_campaign()
+
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("data", "timing", "uplift", "credit")
+FAMILIES = ("data", "timing", "uplift", "credit", "campaign")  # one MLflow experiment each (campaign: plans, evaluations)
 PSEUDONYM_SALT_ENV = "OFFERLAB_PSEUDONYM_SALT"
 
 

@@ -122,11 +122,15 @@ def combine_logs(logs: list[tuple[str, CampaignData]], *, min_propensity: float 
             raise ValueError(f"campaign log {name!r} prices level {differ[0]!r} at {data.discounts.get(differ[0])}, "
                              f"{first_name!r} at {first.discounts[differ[0]]}: a level is one discount rate")
         cols = list(first.features.columns)
-        if list(data.features.columns) != cols:
-            gone = [c for c in cols if c not in data.features.columns] or [
-                c for c in data.features.columns if c not in cols]
-            raise DataValidationError(f"campaign log {name}", gone[0] if gone else None,
-                                      "feature columns differ from the first log's")
+        if set(data.features.columns) == set(cols):
+            data = data.subset(np.arange(len(data)))
+            data.features = data.features[cols]  # the same features in another order
+        else:
+            gone = [c for c in cols if c not in data.features.columns]
+            extra = [c for c in data.features.columns if c not in cols]
+            raise DataValidationError(f"campaign log {name}", (gone or extra)[0],
+                                      f"{'missing' if gone else 'a feature column the first log lacks'}: logs learnt "
+                                      f"together need the same features ({first_name!r} has {len(cols)})")
         e, source = _probabilities(data, seed, folds)
         outside = (e < min_propensity).any(axis=1)
         report.append({"log": name, "rows": len(data), "assignment": data.assignment, "propensity": source,

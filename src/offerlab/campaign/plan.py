@@ -86,7 +86,7 @@ def assign(profit: np.ndarray, spend: np.ndarray, design: Design) -> Assignment:
     """Draw holdout and exploration, then allocate the budget left to the other customers (module docstring)."""
     profit, spend = np.asarray(profit, dtype=float), np.asarray(spend, dtype=float)
     n, n_levels = profit.shape
-    rng = np.random.default_rng(design.seed)
+    rng = np.random.default_rng([design.seed, 0x0FFE])  # its own stream: never the one that made the data
     u_arm, u_level = rng.random(n), rng.integers(0, n_levels, n)
     hold = u_arm < design.holdout
     expl = ~hold & (u_arm < design.holdout + (1.0 - design.holdout) * design.explore)

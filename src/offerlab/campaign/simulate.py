@@ -187,3 +187,22 @@ def simulate(rounds: int = 5, customers: int = 20_000, seed: int = 0, *, budget_
             "config": {"rounds": rounds, "customers": customers, "seed": seed, "budget_share": budget_share,
                        "explore": explore, "holdout": holdout, "quick": quick},
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def summary_table(runs: list[dict]) -> list[dict]:
+    """Per round and loop, over the seeds: mean and sd of the share of the observable oracle profit, the share of
+    the true oracle, how often the estimated CI covered the true profit, and the true profit."""
+    rows = []
+    for r in range(len(runs[0]["rounds"])):
+        for k in (runs[0]["loop"], *runs[0]["loops"]):
+            entries = [(run["rounds"] if k == run["loop"] else run["loops"][k])[r] for run in runs]
+            share = np.array([e["share_of_observable_oracle"] for e in entries], dtype=float)
+            oracle = np.array([e["true_profit"] / e["oracle_profit"] for e in entries], dtype=float)
+            covered = np.array([e["ci_covers_true_profit"] for e in entries], dtype=float)
+            rows.append({"round": r + 1, "loop": k, "seeds": len(entries),
+                         "share_of_observable_oracle_mean": float(share.mean()),
+                         "share_of_observable_oracle_sd": float(share.std(ddof=1)) if len(share) > 1 else 0.0,
+                         "share_of_oracle_mean": float(oracle.mean()),
+                         "ci_coverage": float(covered.mean()),
+                         "true_profit_mean": float(np.mean([e["true_profit"] for e in entries]))})
+    return rows

@@ -50,7 +50,23 @@ OBSERVABLE = "observable_"  # truth columns of the observable oracle, E[truth | 
 
 
 def load_campaign(cfg: UpliftConfig) -> tuple[CampaignData, pd.DataFrame | None, dict]:
-    """The configured campaign; for synthetic data also the truth table aligned to its rows, and meta."""
+    """The configured campaign, with `data.campaign_logs` stacked onto it (each with its own probabilities); for
+    synthetic data without extra logs also the truth table aligned to its rows, and meta."""
+    data, truth, meta = _load_base_campaign(cfg)
+    if not cfg.data.campaign_logs:
+        return data, truth, meta
+    from offerlab.campaign.logs import combine_logs, read_log
+
+    logs = [(f"{cfg.data.dataset} campaign", data)] + [(Path(p).name, read_log(p)) for p in cfg.data.campaign_logs]
+    combined, report = combine_logs(logs, min_propensity=cfg.net.min_propensity, seed=cfg.seed)
+    combined.sources = report
+    for r in report:
+        log.info("campaign log %s: %d rows, %s assignment, propensity %s, %s outside the common support", r["log"],
+                 r["rows"], r["assignment"], r["propensity"], r.get("outside_support", 0))
+    return combined, None, meta  # the truth describes the base campaign's rows only
+
+
+def _load_base_campaign(cfg: UpliftConfig) -> tuple[CampaignData, pd.DataFrame | None, dict]:
     from offerlab.uplift import data as D
 
     dc = cfg.data

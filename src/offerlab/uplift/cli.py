@@ -93,14 +93,18 @@ def bench(dataset, data_spec, data_sets, out, outcome, seeds, config_path, data_
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Also write the model and the test-split recommendations here.")
 @click.option("--progress/--no-progress", default=True, help="Lightning progress bar.")
+@click.option("--campaign-log", "campaign_logs", multiple=True, type=click.Path(dir_okay=False),
+              help="A past campaign's log (`offerlab campaign evaluate --log-out`) to learn from as well, weighted by "
+                   "its logged probabilities (repeatable).")
 def train(config_path: str | None, data_spec: str | None, data_sets: tuple[str, ...], out_dir: str | None,
-          progress: bool) -> None:
+          progress: bool, campaign_logs: tuple[str, ...]) -> None:
     """Train the multi-treatment uplift model from a YAML config and log it to MLflow (offerlab-uplift).
 
     \b
     Examples:
       offerlab train uplift --data mydata.yaml
       offerlab train uplift --config configs/uplift/hillstrom.yaml
+      offerlab train uplift --data mydata.yaml --campaign-log week1-log.parquet --campaign-log week2-log.parquet
     """
     from offerlab.uplift.config import load_config
     from offerlab.uplift.train import train_from_config
@@ -109,6 +113,12 @@ def train(config_path: str | None, data_spec: str | None, data_sets: tuple[str, 
     config_path = config_path or (str(_default_config("default")) if overrides else None)
     if config_path is None:
         raise ValueError("give --config (an uplift YAML) or --data (a data spec)")
-    cfg = load_config(config_path, deep_merge(overrides, {"trainer": {"enable_progress_bar": progress}}))
+    extra = {"trainer": {"enable_progress_bar": progress}}
+    if campaign_logs:
+        missing = [p for p in campaign_logs if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"--campaign-log {missing[0]}: file not found")
+        extra["data"] = {"campaign_logs": [str(Path(p).resolve()) for p in campaign_logs]}
+    cfg = load_config(config_path, deep_merge(overrides, extra))
     summary = train_from_config(cfg, config_path=config_path, out_dir=Path(out_dir) if out_dir else None)
     click.echo(json.dumps(summary, indent=1, default=float))

@@ -28,6 +28,9 @@ class DataConfig(BaseModel):
     spec: str | None = Field(None, description="a data spec YAML (dataset 'spec'): files, semantics, economics")
     spec_set: dict = Field(default_factory=dict, description="dotted-key overrides of the data spec (--data-set)")
     synth_dir: str | None = None
+    campaign_logs: list[str] = Field(
+        default_factory=list, description="past campaign logs (`offerlab campaign evaluate --log-out`) learnt from "
+        "beside the configured campaign, each weighted by the probabilities it was assigned by (--campaign-log)")
     customers: int = Field(20_000, ge=100)
     synth_seed: int = 0
     test_size: float = Field(0.3, gt=0, lt=1)

@@ -116,6 +116,8 @@ class CampaignData:
     # how the levels were assigned: "randomised" (an RCT: known or constant propensities), "targeted" (chosen
     # by the CRM from customer traits: propensities must be estimated), or "unknown" (not yet checked)
     assignment: str = "unknown"
+    # the logs stacked into this data (`campaign.logs.combine_logs`): per log its rows, probabilities and support
+    sources: list[dict] | None = None
 
     def __len__(self) -> int:
         return len(self.treatment)
@@ -134,7 +136,7 @@ class CampaignData:
             treatment=self.treatment[idx], conversion=self.conversion[idx], revenue=self.revenue[idx],
             levels=self.levels, propensity=None if self.propensity is None else self.propensity[idx],
             cost=None if self.cost is None else self.cost[idx], discounts=self.discounts,
-            assignment=self.assignment,
+            assignment=self.assignment, sources=self.sources,
         )
 
     def outcome(self, kind: str) -> np.ndarray:

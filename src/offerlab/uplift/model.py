@@ -367,7 +367,14 @@ class UpliftModel:
 
     def fit(self, data: CampaignData, callbacks: list | None = None) -> UpliftModel:
         """Train the ensemble; each member holds out its own stratified validation split for early stopping.
-        A targeted log takes the doubly robust path (module docstring)."""
+        A targeted log takes the doubly robust path (module docstring). Stacked campaign logs
+        (`data.sources`) are reported in `fit_report["logs"]`."""
+        self._fit(data, callbacks)
+        if data.sources:
+            self.fit_report["logs"] = data.sources
+        return self
+
+    def _fit(self, data: CampaignData, callbacks: list | None = None) -> UpliftModel:
         from sklearn.model_selection import train_test_split
 
         assignment, check_prop = self._assignment(data)
