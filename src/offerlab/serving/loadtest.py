@@ -52,8 +52,9 @@ def _get(url: str, timeout: float = 5.0) -> int:
 
 @contextmanager
 def bento_server(target: str = "serving.service:Offers", port: int | None = None, ready_timeout: float = 240.0,
-                 env: dict[str, str] | None = None) -> Iterator[str]:
-    """`bentoml serve` on 127.0.0.1:<free port> from the repo root; yields the base URL once /readyz is 200."""
+                 env: dict[str, str] | None = None, log_tail: list[str] | None = None) -> Iterator[str]:
+    """`bentoml serve` on 127.0.0.1:<free port> from the repo root; yields the base URL once /readyz is 200.
+    `log_tail`, when given, receives the last 6000 characters of the server's log as it stops."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile("w+", prefix="bentoml-serve-", suffix=".log", delete=False)  # noqa: SIM115
@@ -78,6 +79,9 @@ def bento_server(target: str = "serving.service:Offers", port: int | None = None
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        if log_tail is not None:
+            log.flush()
+            log_tail.append(Path(log.name).read_text()[-6000:])
         log.close()
         Path(log.name).unlink(missing_ok=True)
 
@@ -147,8 +151,9 @@ def load_test(rate: float = 100.0, duration: float = 30.0, ramp: tuple[int, ...]
               server_env: dict[str, str] | None = None) -> dict:
     """Fixed-rate stage then the closed-loop ramp, against `url` or a server started here."""
     body = offers_body(n_history)
+    server_log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="offerlab-load-") as tmp, \
-            (_existing(url) if url else bento_server(env=server_env)) as base:
+            (_existing(url) if url else bento_server(env=server_env, log_tail=server_log)) as base:
         work = Path(tmp)
         (work / "body.json").write_text(json.dumps(body))
         users = max(1, math.ceil(rate / 5))  # 5 req/s each: enough users that one slow answer does not stall the rate
@@ -159,6 +164,8 @@ def load_test(rate: float = 100.0, duration: float = 30.0, ramp: tuple[int, ...]
                              max_requests=int(2000 * stage_seconds), name=f"ramp{u}", **common) for u in ramp]
     # peak = answered (200) requests per second: refusals are fast and would flatter the figure
     peak = max(stages, key=lambda s: s.get("ok_throughput_rps", 0.0)) if stages else None
+    if server_log and any(s["errors_5xx"] for s in [fixed, *stages]):  # what the server said about its 5xx
+        print(f"server log tail (5xx answered):\n{server_log[0]}", file=sys.stderr)
     return {"endpoint": "/offers", "history_length": len(body["history"]), "fixed_rate": fixed, "ramp": stages,
             "peak_throughput_rps": peak.get("ok_throughput_rps", 0.0) if peak else None,
             "peak_users": peak["users"] if peak else None, "cpu_count": os.cpu_count(),
