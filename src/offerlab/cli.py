@@ -283,10 +283,15 @@ def models_cmd(family: str | None) -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=50_000, show_default=True, help="Customers per chunk.")
 @click.option("--samples", "n_samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="Monte Carlo paths per customer for the expected purchase count (timing).")
+@click.option("--budget", type=float, default=None,
+              help="discount/offers: total expected spend (discounts paid + contact costs) allocated across the "
+                   "whole file (default: the data spec's economics.budget with --data, else none: each customer's "
+                   "best level at the model's stored price of spend).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], input_path: str | None, output: str,
               customers: str | None, applications: str | None, transactions: str | None, model_uri: str | None,
-              alias: str, as_of: str | None, chunk_size: int, n_samples: int, force: bool) -> None:
+              alias: str, as_of: str | None, chunk_size: int, n_samples: int, budget: float | None,
+              force: bool) -> None:
     """Batch-score a customer base with the registered models (the ones the services use).
 
     \b
@@ -299,17 +304,24 @@ def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], i
       offerlab score credit --input applications.parquet --transactions tx.parquet --output credit.parquet
       offerlab score offers --input tx.parquet --customers customers.parquet --applications apps.parquet \\
           --output offers.parquet --alias challenger --force
+      offerlab score discount --input tx.parquet --customers customers.parquet --budget 5000 --output d.parquet
     """
-    from offerlab.serving.score import run_score, spec_inputs
+    from offerlab.serving.score import BUDGET_COMMANDS, check_budget, run_score, spec_inputs
 
+    check_budget(budget, command)  # refused before the spec or any table is read
     spec = open_spec(data_spec, data_sets)
     inputs = None
+    budget_from = "--budget" if budget is not None else None
     if spec is not None:
         refuse_beside_spec(input=input_path, customers=customers, applications=applications, transactions=transactions)
         inputs = spec_inputs(command, spec)
+        if budget is None and command in BUDGET_COMMANDS and spec.spec.economics.budget is not None:
+            budget, budget_from = spec.spec.economics.budget, "economics.budget"  # the flag wins when given
     summary = run_score(command, input_path, output, customers=customers, applications=applications,
                         transactions=transactions, model_uri=model_uri, alias=alias, as_of=as_of,
-                        chunk_size=chunk_size, n_samples=n_samples, force=force, inputs=inputs)
+                        chunk_size=chunk_size, n_samples=n_samples, force=force, inputs=inputs, budget=budget)
+    if budget_from:
+        summary["budget_source"] = budget_from
     click.echo(json.dumps(summary, indent=1))
 
 

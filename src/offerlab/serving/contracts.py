@@ -220,13 +220,20 @@ class DiscountAnswer(BaseModel):
     level: str | None = Field(description="discount level to offer; null = offer none")
     expected_incremental_profit: float = Field(description="of the chosen level, vs no offer (0 for none)")
     levels: list[LevelValue] = Field(description="every level, control first")
+    price_of_spend: float | None = Field(None, description="price of spend used: the level maximises expected "
+                                         "incremental profit - price x expected spend (0 = plain argmax)")
+    greedy_level: str | None = Field(None, description="the level the policy picks before exploration "
+                                     "(null = none; equals `level` unless exploration drew another)")
+    assignment_probability: float | None = Field(None, ge=0, le=1, description="probability of giving `level` "
+                                                 "to this customer (1 without exploration; log it with the offer)")
     model_version: str
     model_ms: float
 
     model_config = ConfigDict(json_schema_extra={"example": {
         "customer_id": "c-123", "level": "discount_05", "expected_incremental_profit": 0.84,
         "levels": [{"level": "control", "expected_incremental_profit": 0.0, "expected_spend": 0.0,
-                    "p_conversion": 0.12}], "model_version": "2", "model_ms": 0.9}})
+                    "p_conversion": 0.12}], "price_of_spend": 0.0, "greedy_level": "discount_05",
+        "assignment_probability": 1.0, "model_version": "2", "model_ms": 0.9}})
 
 
 class CreditAnswer(BaseModel):

@@ -16,8 +16,9 @@ import datetime as dt
 import logging
 import os
 import re
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ ALIAS_ENV = "OFFERLAB_MODEL_ALIAS"
 WINBACK_ENV = "OFFERLAB_WINBACK_THRESHOLD"  # P(no purchase in 90 d) above which a customer is overdue
 SAMPLES_ENV = "OFFERLAB_TIMING_SAMPLES"  # Monte Carlo paths per customer for expected purchases
 SOURCE_ENV = "OFFERLAB_MODEL_SOURCE"  # registry (default) | bento (models packaged into a built Bento)
+PRICE_ENV = "OFFERLAB_PRICE_OF_SPEND"  # discount: price of spend (default: the model's stored price, else 0)
+EXPLORE_ENV = "OFFERLAB_EXPLORE"  # discount: share of answers with a uniformly drawn level (default 0 = off)
+EXPLORE_SEED_ENV = "OFFERLAB_EXPLORE_SEED"  # discount: seed of the exploration draws (default: fresh entropy)
 EPOCH = dt.datetime(1970, 1, 1)
 
 
@@ -204,16 +208,90 @@ def _categories(columns: list[str], prefix: str = "") -> list[str] | None:
 
 
 # ------------------------------------------------------------------------------------------- discount
+def _env(name: str) -> str | None:
+    raw = os.environ.get(name)
+    return None if raw is None or not raw.strip() else raw.strip()
+
+
+def env_price_of_spend() -> float | None:
+    """`OFFERLAB_PRICE_OF_SPEND`: a finite number >= 0, or None when unset (refused otherwise, naming it)."""
+    raw = _env(PRICE_ENV)
+    if raw is None:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        v = float("nan")
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{PRICE_ENV}={raw!r}: must be a finite number >= 0 (the price of one unit of expected "
+                         "spend in profit; unset = the model's stored price, else 0)")
+    return v
+
+
+def env_explore() -> tuple[float, int | None]:
+    """(`OFFERLAB_EXPLORE` share in [0, 1), default 0; `OFFERLAB_EXPLORE_SEED` int or None), refused naming the
+    variable when not of that form."""
+    raw = _env(EXPLORE_ENV)
+    eps = 0.0
+    if raw is not None:
+        try:
+            eps = float(raw)
+        except ValueError:
+            eps = float("nan")
+        if not (0.0 <= eps < 1.0):
+            raise ValueError(f"{EXPLORE_ENV}={raw!r}: must be a share in [0, 1) (the probability that an answer's "
+                             "level is drawn uniformly over all levels, none included; 0 = off)")
+    seed_raw = _env(EXPLORE_SEED_ENV)
+    seed = None
+    if seed_raw is not None:
+        try:
+            seed = int(seed_raw)
+        except ValueError:
+            raise ValueError(f"{EXPLORE_SEED_ENV}={seed_raw!r}: must be an integer (the seed of the exploration "
+                             "draws; unset = fresh entropy)") from None
+        if seed < 0:
+            raise ValueError(f"{EXPLORE_SEED_ENV}={seed_raw!r}: must be an integer >= 0")
+    return eps, seed
+
+
+def explore_levels(greedy: np.ndarray, n_levels: int, eps: float, rng: np.random.Generator | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(level given, its assignment probability) per customer: with probability `eps` a level drawn uniformly
+    over all `n_levels` (none included), else the greedy one; P(level) = eps / L + (1 - eps) 1[level = greedy]."""
+    greedy = np.asarray(greedy)
+    given = greedy
+    if eps > 0:
+        explore = rng.random(len(greedy)) < eps
+        drawn = rng.integers(0, n_levels, len(greedy))
+        given = np.where(explore, drawn, greedy)
+    prob = eps / n_levels + (1.0 - eps) * (given == greedy)
+    return given, prob
+
+
 @dataclass
 class UpliftAdapter:
-    """The uplift model and campaign policy behind `DiscountRequest` -> `DiscountAnswer`."""
+    """The uplift model and campaign policy behind `DiscountRequest` -> `DiscountAnswer`.
+
+    The level is argmax(profit - price x spend) per customer (`policy.choose_at_price`: the budgeted whole-file
+    allocation one customer at a time), with the price from `OFFERLAB_PRICE_OF_SPEND`, else the model's stored
+    `price_of_spend` (training with a budget stores it), else 0 (plain argmax). With `OFFERLAB_EXPLORE` = eps > 0
+    a share eps of answers get a level drawn uniformly over all levels; every answer carries the probability of
+    the level it gives (`assignment_probability`) and the greedy level, for off-policy evaluation later."""
 
     model: object  # offerlab.uplift.model.UpliftModel
     policy: object  # offerlab.uplift.policy.PolicyConfig
     version: str
+    price_of_spend: float = 0.0
+    explore: float = 0.0
+    rng: np.random.Generator | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def load(cls, uri: str | None = None, policy_path: str | None = None) -> UpliftAdapter:
+        from offerlab.uplift.pyfunc import stored_price
+
+        env_price = env_price_of_spend()  # bad settings refused before the model is loaded
+        eps, seed = env_explore()
         pm, version = load_python_model(uri or model_uri("uplift"))
         policy = pm.policy
         path = policy_path or os.environ.get("OFFERLAB_POLICY")
@@ -222,7 +300,16 @@ class UpliftAdapter:
             from offerlab.uplift.policy import PolicyConfig
 
             policy = PolicyConfig(**read_yaml(path).get("policy", {}))
-        return cls(pm.model, policy, version)
+        if env_price is not None:
+            price, source = env_price, PRICE_ENV
+        elif path and getattr(policy, "price_of_spend", None) is not None:
+            price, source = stored_price(policy), "OFFERLAB_POLICY"
+        else:
+            price = stored_price(pm.policy)
+            source = "the model" if price > 0 else "none (plain argmax)"
+        log.info("discount choice: price of spend from %s%s", source,
+                 f", exploration share {eps:g}" if eps > 0 else "")
+        return cls(pm.model, policy, version, price, eps, np.random.default_rng(seed) if eps > 0 else None)
 
     def columns(self, reqs: list[DiscountRequest]) -> dict[str, np.ndarray]:
         """The model's raw feature columns (history features + attributes) as numpy arrays, checked."""
@@ -251,6 +338,17 @@ class UpliftAdapter:
         """The uplift model's raw feature frame of a batch (what `UpliftModel.predict_levels` takes)."""
         return pd.DataFrame(self.columns(reqs))
 
+    def choose(self, profit: np.ndarray, spend: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(level given, greedy level, assignment probability) per customer (see the class doc)."""
+        from offerlab.uplift.policy import choose_at_price
+
+        greedy = choose_at_price(profit, spend, self.price_of_spend)  # price 0: argmax of profit
+        if self.explore <= 0:
+            return greedy, greedy, np.ones(len(greedy))
+        with self._lock:  # a numpy Generator is not thread-safe; batches may come from several threads
+            given, prob = explore_levels(greedy, profit.shape[1], self.explore, self.rng)
+        return given, greedy, prob
+
     def predict(self, reqs: list[DiscountRequest]) -> list[DiscountAnswer]:
         from offerlab.uplift.policy import level_economics
 
@@ -259,14 +357,17 @@ class UpliftAdapter:
         levels = list(self.model.levels)
         d = self.policy.discount_rates(levels, self.model.discounts)
         profit, spend = level_economics(pred["revenue"], d, self.policy.margin, self.policy.contact_cost)
-        choice = np.argmax(profit, axis=1)  # one customer at a time: no campaign budget applies
+        choice, greedy, prob = self.choose(profit, spend)
         ms = _ms(t0)
+        price = float(self.price_of_spend)
         return [DiscountAnswer(
             customer_id=r.customer_id, level=levels[choice[i]] if choice[i] > 0 else None,
             expected_incremental_profit=float(profit[i, choice[i]]),
             levels=[LevelValue(level=lv, expected_incremental_profit=float(profit[i, j]),
                                expected_spend=float(spend[i, j]), p_conversion=float(pred["conversion"][i, j]))
                     for j, lv in enumerate(levels)],
+            price_of_spend=price, greedy_level=levels[greedy[i]] if greedy[i] > 0 else None,
+            assignment_probability=float(prob[i]),
             model_version=self.version, model_ms=ms) for i, r in enumerate(reqs)]
 
 

@@ -16,6 +16,14 @@ Inputs (parquet):
 - offers: one row per customer in the transactions: timing + discount answers, and the credit answer
   for the customer's latest application when an applications table is given.
 
+Budget (discount, offers): `budget=B` (`--budget`) allocates the discounts across the WHOLE file, never chunk by
+chunk: every chunk's answers carry each level's expected revenue and conversion, so once all chunks are scored
+the (customers, levels) expected incremental profit and spend matrices go through one `policy.allocate` (total
+expected spend <= B; the same choice as an in-memory allocation of the file) and the chosen-level columns are
+rewritten. Without a budget each customer gets argmax(profit - price x spend) at the model's stored
+`price_of_spend` (training with a budget stores it; plain argmax when none). The summary reports `budget`,
+`spend` (expected, of the chosen levels), `price_of_spend` and where that price came from (`price_source`).
+
 The output parquet carries raw customer ids (it is for the user); logs carry only counts.
 """
 
@@ -263,6 +271,69 @@ def score_offers(models: dict, tx: pd.DataFrame, customers: pd.DataFrame | None,
     return out
 
 
+# ------------------------------------------------------------------------------------------- budget
+BUDGET_COMMANDS = ("discount", "offers")
+
+
+def check_budget(budget: float | None, command: str) -> float | None:
+    """A finite budget >= 0 for a command that allocates discounts, else a ValueError naming --budget."""
+    if budget is None:
+        return None
+    if command not in BUDGET_COMMANDS:
+        raise ValueError(f"--budget allocates discounts: it applies to `score discount` and `score offers`, "
+                         f"not `score {command}`")
+    try:
+        b = float(budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"--budget must be a number (total expected spend), got {budget!r}") from None
+    if not np.isfinite(b) or b < 0:
+        raise ValueError(f"--budget must be a finite number >= 0 (total expected spend), got {budget!r}")
+    return b
+
+
+def discount_matrices(frame: pd.DataFrame, model, prefix: str = "") -> dict:
+    """The uplift answers' per-level matrices (rows of `frame` with a discount answer): expected incremental
+    profit and spend (n, L) by `level_economics` with the model's own policy and rates, as in its `predict`,
+    plus conversion and revenue, `rows` (positions in `frame`) and `levels`."""
+    from offerlab.uplift.policy import level_economics
+
+    inner = model.unwrap_python_model()
+    levels, policy = list(inner.model.levels), inner.policy
+    revenue = frame[[f"{prefix}expected_revenue_{lv}" for lv in levels]].to_numpy()
+    conversion = frame[[f"{prefix}p_conversion_{lv}" for lv in levels]].to_numpy()
+    ok = np.isfinite(revenue).all(axis=1) & np.isfinite(conversion).all(axis=1)
+    rows = None if ok.all() else np.flatnonzero(ok)
+    if rows is not None:
+        revenue, conversion = revenue[rows], conversion[rows]
+    d = policy.discount_rates(levels, inner.model.discounts)
+    profit, spend = level_economics(revenue, d, policy.margin, policy.contact_cost)
+    return {"profit": profit, "spend": spend, "conversion": conversion, "revenue": revenue, "rows": rows,
+            "levels": levels, "policy": policy}
+
+
+def choose_discounts(frame: pd.DataFrame, model, budget: float | None, prefix: str = "") -> dict:
+    """The discount of every row of the assembled answers `frame` (rewritten in place): one `allocate` over all
+    rows under `budget`, else argmax(profit - price x spend) at the model's stored price of spend (the pyfunc's
+    own choice; plain argmax without one). Returns the summary's budget, spend, price_of_spend, price_source."""
+    from offerlab.uplift.policy import allocate, choose_at_price
+    from offerlab.uplift.pyfunc import apply_choice, stored_price
+
+    m = discount_matrices(frame, model, prefix)
+    profit, spend = m["profit"], m["spend"]
+    if budget is not None:
+        a = allocate(profit, spend, budget)
+        choice, price, source = a.choice, a.price, "budget"
+    else:
+        price = stored_price(m["policy"])
+        choice = choose_at_price(profit, spend, price)
+        source = "model" if price > 0 else "none"
+    apply_choice(frame, choice, profit, spend, m["conversion"], m["revenue"], m["levels"], prefix, m["rows"])
+    used = float(spend[np.arange(len(choice)), choice].sum())
+    log.info("discount choice over %d customers (%s): %d treated%s", len(choice), source, int((choice > 0).sum()),
+             "; the budget binds" if budget is not None and price > 0 else "")
+    return {"budget": budget, "spend": used, "price_of_spend": float(price), "price_source": source}
+
+
 # ------------------------------------------------------------------------------------------- runner
 def read_inputs(command: str, input_path: str | Path, customers_path: str | Path | None = None,
                 applications_path: str | Path | None = None, transactions_path: str | Path | None = None
@@ -353,15 +424,17 @@ def run_score(command: str, input_path: str | Path | None, output: str | Path, *
               transactions: str | Path | None = None, model_uri: str | None = None, alias: str = CHAMPION,
               as_of: str | None = None, chunk_size: int = 50_000, n_samples: int = 100, force: bool = False,
               progress: bool = True, inputs: ScoreInputs | None = None,
-              model_uris: dict[str, str] | None = None) -> dict:
+              model_uris: dict[str, str] | None = None, budget: float | None = None) -> dict:
     """Score every customer of the input and write one parquet; returns counts and timings (no ids).
 
     `inputs`: tables already read (e.g. `spec_inputs` of a data spec) instead of the parquet paths;
-    `model_uris`: family -> MLflow URI for every family the command uses (e.g. the runs just trained)."""
+    `model_uris`: family -> MLflow URI for every family the command uses (e.g. the runs just trained);
+    `budget` (discount, offers): total expected spend, allocated across the whole file (see the module doc)."""
     from tqdm.auto import tqdm
 
     if command not in COMMANDS:
         raise ValueError(f"unknown score command {command!r}; expected one of {list(COMMANDS)}")
+    budget = check_budget(budget, command)
     out = check_output(output, [input_path, customers, applications, transactions], force)
     t0 = time.perf_counter()
     if inputs is None:
@@ -385,10 +458,13 @@ def run_score(command: str, input_path: str | Path | None, output: str | Path, *
             parts.append(score_chunk(command, models, inputs, tx, apps, when, n_samples))
             bar.update(n)
     result = pd.concat(parts, ignore_index=True)
+    economics = {}
+    if command in BUDGET_COMMANDS:  # one choice over the whole file (never chunk by chunk)
+        economics = choose_discounts(result, models["discount"], budget, "discount_" if command == "offers" else "")
     write_atomic(result, out)
     seconds = time.perf_counter() - t0
     summary = {"command": command, "customers": total, "rows": len(result), "seconds": round(seconds, 3),
                "load_seconds": round(t_load, 3), "customers_per_s": round(total / max(seconds - t_load, 1e-9), 1),
-               "as_of": str(when) if when is not None else None, "output": str(out)}
+               "as_of": str(when) if when is not None else None, "output": str(out), **economics}
     log.info("scored %d customers (%d rows) with %s in %.1fs", total, len(result), command, seconds)
     return summary

@@ -27,13 +27,17 @@ from pydantic import BaseModel, ConfigDict, Field
 class PolicyConfig(BaseModel):
     """Margin, contact cost, discount rates and budget of a campaign: money, so nothing has a default. The
     margin and contact cost must be given; a level's rate comes from `discounts` or from the data (the
-    synthetic generator's meta, Hillstrom's e-mails at 0) and a level with neither is refused."""
+    synthetic generator's meta, Hillstrom's e-mails at 0) and a level with neither is refused.
+    `price_of_spend` is not set by hand as a rule: training with a budget stores the allocation's price here."""
 
     model_config = ConfigDict(extra="forbid")
     margin: float = Field(gt=0, le=1e6, description="profit per unit of list-price (gross) revenue")
     contact_cost: float = Field(ge=0, description="cost of contacting one customer with any level")
     discounts: dict[str, float] | None = Field(None, description="discount rate per level (0 <= d < 1)")
     budget: float | None = Field(None, ge=0, description="total expected spend allowed; None = unconstrained")
+    price_of_spend: float | None = Field(None, ge=0, description="the budget's shadow price found at training "
+                                         "(profit given up per unit of spend); serving picks argmax profit - "
+                                         "price x spend one customer at a time. None = 0 (plain argmax)")
 
     def discount_rates(self, levels: list[str], default: dict[str, float] | None = None) -> np.ndarray:
         """Rates in `levels` order (levels[0] is the control: 0 unless stated); a treated level without a rate

@@ -27,20 +27,58 @@ class UpliftPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """`params={"budget": B}` (B >= 0) spends at most B over the rows of this call; without it (the signature's
-        default -1) each customer gets their own best level: a campaign-wide budget must see the whole campaign,
-        so batch scoring in chunks never applies the policy's budget chunk by chunk."""
+        default -1) each customer gets their own best level at the policy's stored `price_of_spend` (argmax of
+        profit - price x spend; plain argmax when none is stored): a campaign-wide budget must see the whole
+        campaign, so batch scoring in chunks never applies the policy's budget chunk by chunk (`offerlab score
+        --budget` allocates over the whole file)."""
+        from offerlab.uplift.policy import choose_at_price, level_economics, recommend
+
         ids = model_input["customer_id"].astype(str).to_numpy() if "customer_id" in model_input else None
         budget = (params or {}).get("budget")
         budget = None if budget is None or budget < 0 else float(budget)
         policy = self.policy if budget is not None else self.policy.model_copy(update={"budget": None})
-        rec = self.model.recommend(model_input, policy, customer_id=ids, budget=budget)
         pred = self.model.predict_levels(model_input)
-        for i, lv in enumerate(self.model.levels):
+        levels = list(self.model.levels)
+        rec = recommend(pred, levels, policy, customer_id=ids, discounts=self.model.discounts, budget=budget)
+        price = stored_price(self.policy)
+        if budget is None and price > 0:
+            d = policy.discount_rates(levels, self.model.discounts)
+            profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
+            apply_choice(rec, choose_at_price(profit, spend, price), profit, spend, pred["conversion"],
+                         pred["revenue"], levels)
+        for i, lv in enumerate(levels):
             rec[f"p_conversion_{lv}"] = pred["conversion"][:, i]
             rec[f"expected_revenue_{lv}"] = pred["revenue"][:, i]
         if ids is None:
             rec = rec.drop(columns="customer_id")
         return rec
+
+
+def stored_price(policy) -> float:
+    """The price of spend a policy carries (training with a budget stores it); 0 when none (plain argmax)."""
+    return float(getattr(policy, "price_of_spend", None) or 0.0)
+
+
+def apply_choice(rec: pd.DataFrame, choice: np.ndarray, profit: np.ndarray, spend: np.ndarray,
+                 conversion: np.ndarray, revenue: np.ndarray, levels: list[str], prefix: str = "",
+                 rows: np.ndarray | None = None) -> None:
+    """Rewrite, in place, the chosen-level columns of a `policy.recommend` frame (names prefixed by `prefix`,
+    e.g. "discount_" in `offerlab score offers`) for another choice of level per row; `rows`: the positions of
+    `rec` the matrices describe (default: every row, in order)."""
+    idx = np.arange(len(choice))
+    at = np.arange(len(rec)) if rows is None else rows
+    values = {
+        "level": np.asarray(levels, dtype=object)[choice], "treat": choice > 0,
+        "expected_incremental_profit": profit[idx, choice], "expected_spend": spend[idx, choice],
+        "p_conversion": conversion[idx, choice], "expected_revenue": revenue[idx, choice],
+        "uplift_conversion": conversion[idx, choice] - conversion[:, 0],
+    }
+    for name, v in values.items():
+        col = prefix + name
+        if rows is None:
+            rec[col] = v
+        else:
+            rec.iloc[at, rec.columns.get_loc(col)] = v
 
 
 def save_artifacts(model, policy, folder: Path) -> dict[str, str]:

@@ -103,9 +103,25 @@ def fit_and_evaluate(cfg: UpliftConfig, callbacks: list | None = None):
         train, val = train.subset(fit_idx), train.subset(val_idx)
     model = UpliftModel(cfg.net, cfg.trainer, seed=cfg.seed).fit(train, callbacks=callbacks)
     scores = score_split(model, train, test, cfg.policy, cfg.data.metric_outcome, t_test, meta, cfg.budget_shares)
+    scores["campaign_rows"] = len(data)
     if val is not None:
         scores["val_qini"] = validation_qini(model, val, cfg.data.metric_outcome)
     return model, train, test, t_test, scores
+
+
+def training_price_of_spend(model, pred: dict, policy, n_test: int, n_campaign: int) -> float | None:
+    """The price of spend (Lagrange multiplier of `policy.allocate`) of the policy's budget on the test predictions,
+    None without a budget. The budget is the campaign's total expected spend; the test rows are a random
+    `n_test / n_campaign` share of it, so they get that share of the budget (the same spend per customer, hence
+    the same price a whole campaign of these customers would meet). Serving then picks each customer's
+    argmax(profit - price x spend)."""
+    from offerlab.uplift.policy import allocate, level_economics
+
+    if policy.budget is None:
+        return None
+    d = policy.discount_rates(list(model.levels), model.discounts)
+    profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
+    return float(allocate(profit, spend, policy.budget * n_test / max(n_campaign, n_test)).price)
 
 
 def validation_qini(model, val, metric_outcome: str) -> float:
@@ -144,6 +160,12 @@ def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, 
             metrics[f"oracle_share_budget_{b}"] = v["share_of_oracle"]
         metrics.update({f"uplift_rmse_{lv}": v for lv, v in scores["oracle"]["uplift_rmse"].items()})
     metrics = {k.replace(" ", "_"): float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+    pred_test = model.predict_levels(test.features)
+    price = training_price_of_spend(model, pred_test, cfg.policy, len(test), scores.get("campaign_rows", len(test)))
+    policy = cfg.policy
+    if price is not None:
+        metrics["price_of_spend"] = price
+        policy = cfg.policy.model_copy(update={"price_of_spend": price})  # travels inside the logged pyfunc
     eval_fp = tracking.data_fingerprint(pd.DataFrame({"t": test.treatment, "y": test.conversion,
                                                       "r": test.revenue}))
     with tracking.start_run("uplift", cfg.name, tags={EVAL_FINGERPRINT_TAG: eval_fp}) as run:
@@ -159,13 +181,13 @@ def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, 
                                                                  if k not in ("qini", "auuc", "qini_area")}},
                         "evaluation.json")
         mlflow.log_figure(qini_figure(model, test, cfg.data.metric_outcome), "plots/qini_curves.png")
-        curve = profit_budget_curve(model.predict_levels(test.features), test, cfg.policy, t_test)
+        curve = profit_budget_curve(pred_test, test, cfg.policy, t_test)
         mlflow.log_figure(_curve_figure(curve), "plots/profit_vs_budget.png")
         mlflow.log_dict(curve.to_dict(orient="list"), "plots/profit_vs_budget.json")
         from offerlab.uplift.pyfunc import log_pyfunc
 
         with tempfile.TemporaryDirectory() as tmp:
-            log_pyfunc(model, cfg.policy, test.features.head(5), Path(tmp))
+            log_pyfunc(model, policy, test.features.head(5), Path(tmp))
         run_id = run.info.run_id
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
