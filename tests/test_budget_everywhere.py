@@ -338,3 +338,26 @@ def test_training_with_a_budget_stores_the_price(mlflow_store, tmp_path):
     assert price > 0 and summary["metrics"]["price_of_spend"] == price  # the budget binds
     pm = mlflow.pyfunc.load_model(f"runs:/{summary['run_id']}/model")
     assert pm.unwrap_python_model().policy.price_of_spend == pytest.approx(price)
+
+
+def test_spec_budget_is_the_default_and_the_flag_wins(tables, unconstrained, monkeypatch, tmp_path):
+    import json
+
+    import offerlab.cli
+    import offerlab.serving.score as score
+    from offerlab.serving.score import ScoreInputs
+
+    paths, tx, customers = tables
+    free, _ = unconstrained
+    spec_budget = 0.2 * free["spend"]
+    fake = SimpleNamespace(spec=SimpleNamespace(economics=SimpleNamespace(budget=spec_budget)))
+    monkeypatch.setattr(offerlab.cli, "open_spec", lambda path, sets: fake if path else None)
+    monkeypatch.setattr(score, "spec_inputs", lambda command, spec: ScoreInputs(transactions=tx, customers=customers))
+    code, out = _score("discount", "--data", "spec.yaml", "--output", str(tmp_path / "a.parquet"))
+    assert code == 0, out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["budget"] == spec_budget and summary["budget_source"] == "economics.budget"
+    assert summary["spend"] <= spec_budget + 1e-9
+    code, out = _score("discount", "--data", "spec.yaml", "--budget", "0", "--output", str(tmp_path / "b.parquet"))
+    summary = json.loads(out[out.index("{"):])
+    assert code == 0 and summary["budget"] == 0 and summary["budget_source"] == "--budget" and summary["spend"] == 0
