@@ -169,7 +169,14 @@ def test_logs_keep_their_probabilities_and_a_plan_without_exploration_is_outside
     combined, report = combine_logs([("explored", back), ("greedy", plans["greedy"])])
     assert len(combined) == 6000 and combined.propensity.shape == (6000, 4)
     by = {r["log"]: r for r in report}
-    assert by["explored"]["outside_support"] == 0 and by["greedy"]["used"] == 0
+    # known probabilities: every row is used (the choice is ignorable given the features); the greedy plan's
+    # unplanned levels had probability 0, so its customers are outside the common support
+    assert combined.assignment == "randomised" and by["greedy"]["used"] == 3000
+    assert by["explored"]["outside_support"] == 0 and by["greedy"]["outside_support"] == 3000
+    crm = plans["greedy"].subset(np.arange(3000))
+    crm.assignment = "targeted"  # one targeted log: the doubly robust path, which trims outside the support
+    combined, report = combine_logs([("explored", back), ("crm", crm)])
+    assert combined.assignment == "targeted" and {r["log"]: r["used"] for r in report} == {"explored": 3000, "crm": 0}
     other = log_from_plan(pd.concat([plan.frame, feats.add_prefix("f.")], axis=1), _outcomes(plan),
                           {**plan.summary, "economics": {**plan.summary["economics"],
                                                          "discounts": {**ECON.to_dict()["discounts"], "d5": 0.07}}})

@@ -314,17 +314,20 @@ def run_evaluate(*, plan_path: str | Path, outcomes_path: str | Path, data_spec:
               help="Each round's budget as a share of the spend of the truth's unconstrained optimum.")
 @click.option("--explore", type=float, default=0.1, show_default=True, help="Exploration share of our loop.")
 @click.option("--holdout", type=float, default=0.05, show_default=True, help="Holdout share of every loop.")
+@click.option("--explore-decay/--no-explore-decay", default=True, show_default=True,
+              help="Our loop explores --explore / r in round r (else --explore every round).")
 @click.option("--quick", is_flag=True, help="A small network and few epochs (a smoke run, not the figures).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Simulation JSON.")
 @click.option("--force", is_flag=True, help="Replace an existing JSON.")
-def simulate_cmd(rounds, customers, seeds, budget_share, explore, holdout, quick, out_path, force) -> None:
+def simulate_cmd(rounds, customers, seeds, budget_share, explore, holdout, explore_decay, quick, out_path,
+                 force) -> None:
     """Run the loop on the synthetic marketplace with outcomes drawn from the ground truth; compare ours with
     exploration, ours without, and a T-learner LightGBM loop on the same rounds."""
     from offerlab.campaign.simulate import simulate, summary_table
 
     out = _refuse_existing(out_path, force, "--out")
     runs = [simulate(rounds, customers, s, budget_share=budget_share, explore=explore, holdout=holdout,
-                     quick=quick) for s in seeds]
+                     explore_decay=explore_decay, quick=quick) for s in seeds]
     result = runs[0] if len(runs) == 1 else {**runs[0], "seeds": runs}
     result["table"] = summary_table(runs)
     out.parent.mkdir(parents=True, exist_ok=True)

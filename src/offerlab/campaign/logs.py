@@ -6,11 +6,15 @@ Each log's per-customer probabilities of every level come from what is known abo
 - a randomised campaign: its design (the log's propensity column, the spec's declared design, else arm shares);
 - a targeted campaign (the CRM chose from customer traits): estimated within that log alone (cross-fitted), since
   every campaign had its own rule.
-The logs are stacked with per-row probabilities and the uplift model takes its doubly robust path with known
-propensities (`UpliftModel._fit_targeted`): customers with any level below `net.min_propensity` are outside the
-common support and trimmed (a plan run without exploration gives its unplanned levels probability 0, so only its
-holdout-free overlap, nothing, survives: that is why plans explore), the rest enter the first stage (stabilised
-inverse-propensity weights when `net.ipw_weighting`) and the DR second stage on their AIPW residuals.
+The logs are stacked with per-row probabilities. When every log's probabilities are known (randomised campaigns
+and plans: the assignment depended on the features only, through probabilities written down before any outcome),
+each level's outcome model is consistent on the stacked rows as they are (the choice is ignorable given the
+features), so the uplift model takes its randomised path with the per-row probabilities as the known design: no
+row is dropped, and a row whose level had a small probability still teaches that level where it was tried. A
+plan without exploration gives its unplanned levels probability 0: its rows teach only the levels it chose, in the
+regions it chose them, which is why plans explore. When any log is targeted (probabilities estimated), the stack
+takes the doubly robust path (`UpliftModel._fit_targeted`): customers with any level below `net.min_propensity`
+are outside the common support and trimmed, the rest enter the first stage and the DR second stage.
 What was used, per log, is in the returned report and in the model's `fit_report["logs"]`.
 """
 
@@ -132,11 +136,13 @@ def combine_logs(logs: list[tuple[str, CampaignData]], *, min_propensity: float 
                                       f"{'missing' if gone else 'a feature column the first log lacks'}: logs learnt "
                                       f"together need the same features ({first_name!r} has {len(cols)})")
         e, source = _probabilities(data, seed, folds)
-        outside = (e < min_propensity).any(axis=1)
         report.append({"log": name, "rows": len(data), "assignment": data.assignment, "propensity": source,
-                       "outside_support": int(outside.sum()), "used": int((~outside).sum()),
+                       "outside_support": int((e < min_propensity).any(axis=1).sum()),
                        "min_propensity": float(e.min())})
         parts.append((data, e))
+    targeted = any(d.assignment == "targeted" for d, _ in parts)
+    for r in report:  # trimmed only on the doubly robust path; with known probabilities every row is used
+        r["used"] = r["rows"] - r["outside_support"] if targeted else r["rows"]
     combined = CampaignData(
         customer_id=np.concatenate([d.customer_id for d, _ in parts]),
         features=pd.concat([d.features for d, _ in parts], ignore_index=True),
@@ -144,7 +150,7 @@ def combine_logs(logs: list[tuple[str, CampaignData]], *, min_propensity: float 
         conversion=np.concatenate([d.conversion for d, _ in parts]),
         revenue=np.concatenate([d.revenue for d, _ in parts]),
         levels=list(first.levels), propensity=np.concatenate([e for _, e in parts]),
-        discounts=dict(first.discounts), assignment="targeted",  # per-row probabilities: the DR path with them known
+        discounts=dict(first.discounts), assignment="targeted" if targeted else "randomised",
     )
     return combined, report
 

@@ -13,8 +13,10 @@ Scored against the truth: `true_profit` (the expected incremental profit of the 
 holdout included), `oracle_profit` (the truth's own budgeted allocation), `observable_oracle_profit` (the
 allocation on the truth's expectation given what the tables show: the ceiling for any model of these features).
 The budget of a round is `budget_share` (0.3) of the spend of the truth's unconstrained optimum, the same for
-every loop. Loops: ours with exploration, ours without exploration (holdout only), and a T-learner with LightGBM
-(CausalML) fitted on the same logs, planned with the same design and allocator.
+every loop. Loops: ours with exploration (share `explore` in round 1, `explore / r` in round r with
+`explore_decay`: the model's uncertainty shrinks as the logs grow, so later rounds buy less of it), ours without
+exploration (holdout only; it learns from its own logs too, but only about the levels it chose), and a T-learner
+with LightGBM (CausalML) fitted on the same kind of logs, planned with the same design and allocator.
 """
 
 from __future__ import annotations
@@ -149,8 +151,8 @@ def run_round(world: World, model, design: Design, rng: np.random.Generator) -> 
 
 
 def simulate(rounds: int = 5, customers: int = 20_000, seed: int = 0, *, budget_share: float = 0.3,
-             explore: float = 0.1, holdout: float = 0.05, loops: tuple[str, ...] = LOOPS, quick: bool = False,
-             progress: bool = True) -> dict:
+             explore: float = 0.1, holdout: float = 0.05, explore_decay: bool = True,
+             loops: tuple[str, ...] = LOOPS, quick: bool = False, progress: bool = True) -> dict:
     """Run every loop for `rounds` rounds on the same worlds (module docstring); the JSON of `campaign simulate`."""
     from tqdm.auto import tqdm
 
@@ -171,7 +173,8 @@ def simulate(rounds: int = 5, customers: int = 20_000, seed: int = 0, *, budget_
             for k in loops:
                 t1 = time.perf_counter()
                 model, report = fit_on_logs(_new_model(k, seed + r, quick), logs[k])
-                design = Design(budget, explore if k != "offerlab_greedy" else 0.0, holdout, seed=seed * 1000 + r)
+                eps = 0.0 if k == "offerlab_greedy" else explore / r if explore_decay else explore
+                design = Design(budget, eps, holdout, seed=seed * 1000 + r)
                 entry, round_log = run_round(world, model, design, np.random.default_rng([seed, r, LOOPS.index(k)]))
                 entry.update(round=r, seconds=round(time.perf_counter() - t1, 1),
                              training_rows_used=int(sum(x.get("used", x["rows"]) for x in report)),
@@ -185,7 +188,8 @@ def simulate(rounds: int = 5, customers: int = 20_000, seed: int = 0, *, budget_
     return {"rounds": out_loops[main], "loop": main,
             "loops": {k: v for k, v in out_loops.items() if k != main},
             "config": {"rounds": rounds, "customers": customers, "seed": seed, "budget_share": budget_share,
-                       "explore": explore, "holdout": holdout, "quick": quick},
+                       "explore": explore, "explore_decay": explore_decay, "holdout": holdout,
+                       "quick": quick},
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
