@@ -264,6 +264,7 @@ def test_plan_evaluate_learn_on_a_strangers_spec(tmp_path, monkeypatch):
     # learn again from the campaign's own log beside the spec's campaign
     r = _invoke("train", "uplift", "--data", spec, "--config", cfg, "--no-progress", "--campaign-log", log_path)
     again = json.loads(r.stdout)
+    assert [x["log"] for x in again["campaign_logs"]] == ["spec campaign", "week1.parquet"]
     from offerlab.uplift.model import UpliftModel  # noqa: F401 - the pyfunc's model
 
     model = mlflow.pyfunc.load_model(f"runs:/{again['run_id']}/model").unwrap_python_model().model

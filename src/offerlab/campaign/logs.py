@@ -168,6 +168,6 @@ def fit_on_logs(model, logs: list[tuple[str, CampaignData]], callbacks: list | N
         fit_report["logs"] = report
     log = logging.getLogger(__name__)
     for r in report:
-        log.info("campaign log %s: %d rows, %s, propensity %s, %s outside the common support", r["log"], r["rows"],
-                 r["assignment"], r["propensity"], r.get("outside_support", 0))
+        log.info("campaign log %s: %d rows, %s, propensity %s; %d used", r["log"], r["rows"], r["assignment"],
+                 r["propensity"], r.get("used", r["rows"]))
     return model, report

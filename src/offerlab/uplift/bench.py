@@ -61,8 +61,8 @@ def load_campaign(cfg: UpliftConfig) -> tuple[CampaignData, pd.DataFrame | None,
     combined, report = combine_logs(logs, min_propensity=cfg.net.min_propensity, seed=cfg.seed)
     combined.sources = report
     for r in report:
-        log.info("campaign log %s: %d rows, %s assignment, propensity %s, %s outside the common support", r["log"],
-                 r["rows"], r["assignment"], r["propensity"], r.get("outside_support", 0))
+        log.info("campaign log %s: %d rows, %s assignment, propensity %s; %d used", r["log"], r["rows"],
+                 r["assignment"], r["propensity"], r.get("used", r["rows"]))
     return combined, None, meta  # the truth describes the base campaign's rows only
 
 

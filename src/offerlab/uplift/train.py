@@ -188,10 +188,16 @@ def train_from_config(cfg: UpliftConfig, config_path: str | Path | None = None, 
 
         with tempfile.TemporaryDirectory() as tmp:
             log_pyfunc(model, policy, test.features.head(5), Path(tmp))
+        logs = getattr(model, "fit_report", {}).get("logs")
+        if logs:  # which campaign logs the fit stacked and how each was weighted (counts, no customer)
+            mlflow.log_dict({"logs": logs}, "campaign_logs.json")
         run_id = run.info.run_id
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save(out_dir / "uplift_model.pt")
         rec = model.recommend(test.features, cfg.policy, customer_id=test.customer_id)
         rec.to_parquet(out_dir / "recommendations_test.parquet", index=False)
-    return {"run_id": run_id, "metrics": metrics, "levels": model.levels}
+    out = {"run_id": run_id, "metrics": metrics, "levels": model.levels}
+    if logs:
+        out["campaign_logs"] = logs
+    return out
