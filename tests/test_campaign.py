@@ -285,3 +285,14 @@ def test_simulate_writes_the_rounds_of_every_loop(tmp_path):
         assert entry["expected_spend"] <= entry["budget"] + 1e-6
     assert sim["rounds"][0]["explore"] == 0.1 and sim["loops"]["offerlab_greedy"][0]["explore"] == 0.0
     _invoke("campaign", "simulate", "--rounds", 1, "--customers", 1500, "--out", out, code=2)  # exists
+
+
+def test_plan_economics_take_the_models_rates_and_refuse_a_level_without_one():
+    from offerlab.campaign.cli import plan_economics
+    from offerlab.uplift.policy import PolicyConfig
+
+    policy = PolicyConfig(margin=0.4, contact_cost=0.1)
+    econ, budget = plan_economics(None, policy, ECON.levels, dict(zip(ECON.levels, ECON.discounts, strict=True)))
+    assert econ.discounts.tolist() == [0.0, 0.05, 0.10, 0.15] and budget is None and econ.margin == 0.4
+    with pytest.raises(ValueError, match="d5"):
+        plan_economics(None, policy, ECON.levels, None)

@@ -56,13 +56,13 @@ def _model_version(model_uri: str) -> str | None:
         return None
 
 
-def plan_economics(spec, policy, levels: list[str]):
+def plan_economics(spec, policy, levels: list[str], model_rates: dict[str, float] | None = None):
     """(economics, the spec's budget): the data spec's economics (declared, refused when incomplete), else the
-    model's own policy (and no budget)."""
+    model's own policy with the rates its training campaign declared (and no budget)."""
     from offerlab.campaign.plan import Economics
 
     if spec is None:
-        return Economics.from_policy(policy, levels), None
+        return Economics.from_policy(policy, levels, model_rates or None), None
     declared = spec.policy()
     if list(spec.levels()) != list(levels):
         raise ValueError(f"the data spec's campaign levels {spec.levels()} are not the model's {levels}: plan with "
@@ -140,7 +140,7 @@ def run_plan(*, out_path: str | Path, data_spec: str | None = None, data_sets: t
     pyfunc = load_model("uplift", model_uri, alias)
     inner = pyfunc.unwrap_python_model()
     model, policy = inner.model, inner.policy
-    econ, spec_budget = plan_economics(spec, policy, list(model.levels))
+    econ, spec_budget = plan_economics(spec, policy, list(model.levels), getattr(model, "discounts", None))
     budget = spec_budget if budget is None else budget
     if budget is None:
         raise ValueError("a campaign plan needs a budget: pass --budget (total expected spend) or set "
