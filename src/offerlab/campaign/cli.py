@@ -172,7 +172,11 @@ def run_plan(*, out_path: str | Path, data_spec: str | None = None, data_sets: t
                 metrics[f"{key}_lo"], metrics[f"{key}_hi"] = s[key]
         metrics.update({f"customers_{arm}": v for arm, v in s["arms"].items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        mlflow.log_figure(curve_figure(plan.curve, design.budget), "plots/profit_vs_budget.png")
+        import matplotlib.pyplot as plt
+
+        fig = curve_figure(plan.curve, design.budget)
+        mlflow.log_figure(fig, "plots/profit_vs_budget.png")
+        plt.close(fig)
         mlflow.log_dict(plan.curve.to_dict(orient="list"), "plots/profit_vs_budget.json")
         s["run_id"] = run.info.run_id
         mlflow.log_dict(s, "plan_summary.json")  # counts and money totals only: no customer id
@@ -287,8 +291,11 @@ def run_evaluate(*, plan_path: str | Path, outcomes_path: str | Path, data_spec:
                 metrics[f"incremental_profit_{est}"] = ov[est]
                 metrics[f"incremental_profit_{est}_lo"], metrics[f"incremental_profit_{est}_hi"] = ov[f"{est}_ci"]
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        import matplotlib.pyplot as plt
+
         for name, fig in evaluation_figures(result).items():
             mlflow.log_figure(fig, name)
+            plt.close(fig)
         result["run_id"] = run.info.run_id
         mlflow.log_dict(result, "evaluation.json")
     if out is not None:
