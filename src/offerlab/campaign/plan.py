@@ -5,9 +5,9 @@ Assignment scheme (every probability is known and logged):
 1. holdout: each customer independently with probability h gets nothing (the control that prices the plan);
 2. exploration: each remaining customer with probability eps gets a level drawn uniformly over all L levels
    ("none" included): epsilon-greedy over levels;
-3. the rest get the budgeted policy's level: `offerlab.uplift.policy.allocate` on their expected incremental
-   profit and spend, with the budget left after the exploration rows' expected spend.
-The planned (greedy) level of a holdout or exploration row is its best level at the allocation's price of spend.
+3. the rest get the budgeted policy's level: each customer's best level at the price of spend that
+   `offerlab.uplift.policy.allocate` finds for them under the budget left after the exploration rows' spend.
+The planned (greedy) level of every row, holdout and exploration included, is its best level at that one price.
 So customer i receives level l with probability
     P_i(l) = h 1[l = 0] + (1 - h) eps / L + (1 - h) (1 - eps) 1[l = planned_i].
 Why epsilon-greedy rather than sampling in proportion to a softened profit: its probabilities do not depend on
@@ -99,18 +99,22 @@ def assign(profit: np.ndarray, spend: np.ndarray, design: Design) -> Assignment:
             raise ValueError(f"the exploration share alone is expected to spend {spend_explore:.2f} of the budget "
                              f"{design.budget:.2f}: lower --explore (now {design.explore}) or raise --budget")
     exploit = ~(hold | expl)
+    # one price for every customer, holdout and exploration rows included: the planned level is then the same
+    # function of a customer's own scores in every arm, as the logged probabilities say (the allocation's
+    # leftover fill would upgrade some exploit rows only, and their held-out twins would be logged with the
+    # wrong probability of none). At the bisection's price the spend is within what is left of the budget.
     alloc = allocate(profit[exploit], spend[exploit], left)
     planned = choose_at_price(profit, spend, alloc.price)
-    planned[exploit] = alloc.choice
+    spend_plan = float(spend[rows[exploit], planned[exploit]].sum())
     level = planned.copy()
     level[hold] = 0
     level[expl] = u_level[expl]
     arm = np.where(hold, 2, np.where(expl, 1, 0))
     prob = assignment_probabilities(planned, n_levels, design.explore, design.holdout)
-    total = spend_explore + alloc.used
+    total = spend_explore + spend_plan
     if design.budget is not None:
         assert total <= design.budget + 1e-9 * max(1.0, design.budget), "a plan exceeded its budget"
-    return Assignment(planned, level, arm, prob, alloc.price, spend_explore, alloc.used)
+    return Assignment(planned, level, arm, prob, alloc.price, spend_explore, spend_plan)
 
 
 @dataclass
