@@ -183,6 +183,9 @@ def run_plan(*, out_path: str | Path, data_spec: str | None = None, data_sets: t
     write_plan(plan, out)
     log.info("planned %d customers: expected incremental profit %.2f, expected spend %.2f of budget %.2f",
              s["customers"], s["expected_profit"], s["expected_spend"], design.budget)
+    if design.budget > 0 and s["expected_spend_explore"] > 0.25 * design.budget:
+        log.warning("exploration takes %.0f%% of the budget (its random levels go to random customers): a lower "
+                    "--explore leaves more to the planned customers", 100 * s["expected_spend_explore"] / design.budget)
     return {**s, "out": str(out)}
 
 
