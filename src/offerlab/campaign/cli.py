@@ -260,7 +260,7 @@ def run_evaluate(*, plan_path: str | Path, outcomes_path: str | Path, data_spec:
     import mlflow
 
     from offerlab import tracking
-    from offerlab.campaign.evaluate import evaluate, evaluation_figures
+    from offerlab.campaign.evaluate import evaluate_matched, evaluation_figures, match_outcomes
     from offerlab.campaign.logs import log_from_plan, write_log
     from offerlab.campaign.plan import read_plan
 
@@ -279,7 +279,8 @@ def run_evaluate(*, plan_path: str | Path, outcomes_path: str | Path, data_spec:
         raise ValueError("say what the outcomes' revenue is: --revenue net (what the customer paid, after the "
                          "discount) or --revenue gross (the list price); or give --data with semantics.revenue")
     outcomes = to_net_revenue(read_outcomes(outcomes_path, spec, segment_by), plan, summary, revenue)
-    result = evaluate(plan, summary, outcomes, segment_by=segment_by, missing_as_no_purchase=missing_as_no_purchase)
+    got = match_outcomes(plan, outcomes, missing_as_no_purchase=missing_as_no_purchase)
+    result = evaluate_matched(plan, summary, got, segment_by=segment_by)
     result["revenue_semantics"] = revenue
     ov = result["overall"]
     with tracking.start_run("campaign", "evaluate", tags={"offerlab.campaign": "evaluate",
@@ -306,9 +307,6 @@ def run_evaluate(*, plan_path: str | Path, outcomes_path: str | Path, data_spec:
         tmp.write_text(json.dumps(result, indent=1, default=float))
         tmp.replace(out)
     if log_path is not None:
-        from offerlab.campaign.evaluate import match_outcomes
-
-        got = match_outcomes(plan, outcomes, missing_as_no_purchase=missing_as_no_purchase)
         write_log(log_from_plan(plan, got, summary), log_path, Path(plan_path).stem)
     log.info("evaluated %d planned customers: incremental profit (DR) %s", result["customers"], ov["dr"])
     return result

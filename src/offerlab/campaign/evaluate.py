@@ -133,10 +133,15 @@ def evaluate(plan: pd.DataFrame, summary: dict, outcomes: pd.DataFrame, *, segme
              missing_as_no_purchase: bool = False) -> dict:
     """The realised incremental profit of `plan` (rows and summary of `read_plan`) given its outcomes (canonical
     columns customer_id, conversion, revenue net of the discount; optional treatment and a segment column)."""
+    got = match_outcomes(plan, outcomes, missing_as_no_purchase=missing_as_no_purchase)
+    return evaluate_matched(plan, summary, got, segment_by=segment_by)
+
+
+def evaluate_matched(plan: pd.DataFrame, summary: dict, got: pd.DataFrame, *, segment_by: str | None = None) -> dict:
+    """`evaluate` on outcomes already in the plan's row order (`match_outcomes`)."""
     econ = summary["economics"]
     levels = econ["levels"]
     d = np.array([econ["discounts"][lv] for lv in levels])
-    got = match_outcomes(plan, outcomes, missing_as_no_purchase=missing_as_no_purchase)
     code = {lv: j for j, lv in enumerate(levels)}
     t = plan["level"].astype(str).map(code).to_numpy()
     planned = plan["planned_level"].astype(str).map(code).to_numpy()

@@ -20,6 +20,8 @@ What was used, per log, is in the returned report and in the model's `fit_report
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from offerlab.uplift.data import CampaignData
 from offerlab.uplift.propensity import MIN_PROPENSITY
 
 FEATURE_PREFIX = "f."
+log = logging.getLogger(__name__)
 
 
 def log_from_plan(plan: pd.DataFrame, outcomes: pd.DataFrame, summary: dict) -> CampaignData:
@@ -114,8 +117,9 @@ def combine_logs(logs: list[tuple[str, CampaignData]], *, min_propensity: float 
         raise ValueError("no campaign logs to learn from")
     first_name, first = logs[0]
     if len(logs) == 1 and first.assignment != "plan":
-        return first, [{"log": first_name, "rows": len(first), "assignment": first.assignment,
-                        "propensity": "as the single log says"}]
+        report = [{"log": first_name, "rows": len(first), "assignment": first.assignment,
+                   "propensity": "as the single log says"}]
+        return replace(first, sources=report), report
     parts, report = [], []
     for name, data in logs:
         if data.levels != first.levels:
@@ -127,8 +131,7 @@ def combine_logs(logs: list[tuple[str, CampaignData]], *, min_propensity: float 
                              f"{first_name!r} at {first.discounts[differ[0]]}: a level is one discount rate")
         cols = list(first.features.columns)
         if set(data.features.columns) == set(cols):
-            data = data.subset(np.arange(len(data)))
-            data.features = data.features[cols]  # the same features in another order
+            data = replace(data, features=data.features[cols])  # the same features in another order
         else:
             gone = [c for c in cols if c not in data.features.columns]
             extra = [c for c in data.features.columns if c not in cols]
@@ -150,24 +153,18 @@ def combine_logs(logs: list[tuple[str, CampaignData]], *, min_propensity: float 
         conversion=np.concatenate([d.conversion for d, _ in parts]),
         revenue=np.concatenate([d.revenue for d, _ in parts]),
         levels=list(first.levels), propensity=np.concatenate([e for _, e in parts]),
-        discounts=dict(first.discounts), assignment="targeted" if targeted else "randomised",
+        discounts=dict(first.discounts), assignment="targeted" if targeted else "randomised", sources=report,
     )
+    for r in report:
+        log.info("campaign log %s: %d rows, %s, propensity %s; %d used", r["log"], r["rows"], r["assignment"],
+                 r["propensity"], r["used"])
     return combined, report
 
 
 def fit_on_logs(model, logs: list[tuple[str, CampaignData]], callbacks: list | None = None):
-    """Fit `model` (an UpliftModel, or a peer with `fit(data)`) on the stacked logs; the report goes into the
-    model's `fit_report["logs"]`."""
-    import logging
-
+    """Fit `model` (an UpliftModel, or a peer with `fit(data)`) on the stacked logs; an UpliftModel keeps the
+    report (`data.sources`) in its `fit_report["logs"]`."""
     min_p = getattr(getattr(model, "net_cfg", None), "min_propensity", MIN_PROPENSITY)
     data, report = combine_logs(logs, min_propensity=min_p, seed=getattr(model, "seed", 0))
     model.fit(data, callbacks=callbacks) if callbacks is not None else model.fit(data)
-    fit_report = getattr(model, "fit_report", None)
-    if isinstance(fit_report, dict):
-        fit_report["logs"] = report
-    log = logging.getLogger(__name__)
-    for r in report:
-        log.info("campaign log %s: %d rows, %s, propensity %s; %d used", r["log"], r["rows"], r["assignment"],
-                 r["propensity"], r.get("used", r["rows"]))
     return model, report

@@ -350,13 +350,10 @@ class UpliftAdapter:
         return given, greedy, prob
 
     def predict(self, reqs: list[DiscountRequest]) -> list[DiscountAnswer]:
-        from offerlab.uplift.policy import level_economics
-
         t0 = time.perf_counter()
         pred = self.model.predict_levels(uplift_matrix(self.model.encoder, self.columns(reqs)))
         levels = list(self.model.levels)
-        d = self.policy.discount_rates(levels, self.model.discounts)
-        profit, spend = level_economics(pred["revenue"], d, self.policy.margin, self.policy.contact_cost)
+        profit, spend = self.policy.level_matrices(pred["revenue"], levels, self.model.discounts)
         choice, greedy, prob = self.choose(profit, spend)
         ms = _ms(t0)
         price = float(self.price_of_spend)

@@ -295,8 +295,6 @@ def discount_matrices(frame: pd.DataFrame, model, prefix: str = "") -> dict:
     """The uplift answers' per-level matrices (rows of `frame` with a discount answer): expected incremental
     profit and spend (n, L) by `level_economics` with the model's own policy and rates, as in its `predict`,
     plus conversion and revenue, `rows` (positions in `frame`) and `levels`."""
-    from offerlab.uplift.policy import level_economics
-
     inner = model.unwrap_python_model()
     levels, policy = list(inner.model.levels), inner.policy
     revenue = frame[[f"{prefix}expected_revenue_{lv}" for lv in levels]].to_numpy()
@@ -305,8 +303,7 @@ def discount_matrices(frame: pd.DataFrame, model, prefix: str = "") -> dict:
     rows = None if ok.all() else np.flatnonzero(ok)
     if rows is not None:
         revenue, conversion = revenue[rows], conversion[rows]
-    d = policy.discount_rates(levels, inner.model.discounts)
-    profit, spend = level_economics(revenue, d, policy.margin, policy.contact_cost)
+    profit, spend = policy.level_matrices(revenue, levels, inner.model.discounts)
     return {"profit": profit, "spend": spend, "conversion": conversion, "revenue": revenue, "rows": rows,
             "levels": levels, "policy": policy}
 

@@ -58,11 +58,7 @@ def load_campaign(cfg: UpliftConfig) -> tuple[CampaignData, pd.DataFrame | None,
     from offerlab.campaign.logs import combine_logs, read_log
 
     logs = [(f"{cfg.data.dataset} campaign", data)] + [(Path(p).name, read_log(p)) for p in cfg.data.campaign_logs]
-    combined, report = combine_logs(logs, min_propensity=cfg.net.min_propensity, seed=cfg.seed)
-    combined.sources = report
-    for r in report:
-        log.info("campaign log %s: %d rows, %s assignment, propensity %s; %d used", r["log"], r["rows"],
-                 r["assignment"], r["propensity"], r.get("used", r["rows"]))
+    combined, _ = combine_logs(logs, min_propensity=cfg.net.min_propensity, seed=cfg.seed)
     return combined, None, meta  # the truth describes the base campaign's rows only
 
 

@@ -39,6 +39,12 @@ class PolicyConfig(BaseModel):
                                          "(profit given up per unit of spend); serving picks argmax profit - "
                                          "price x spend one customer at a time. None = 0 (plain argmax)")
 
+    def level_matrices(self, revenue: np.ndarray, levels: list[str], default: dict[str, float] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected incremental profit and spend (n, L) of each level from the expected net revenue per level,
+        at this policy's rates (`discount_rates(levels, default)`), margin and contact cost."""
+        return level_economics(revenue, self.discount_rates(levels, default), self.margin, self.contact_cost)
+
     def discount_rates(self, levels: list[str], default: dict[str, float] | None = None) -> np.ndarray:
         """Rates in `levels` order (levels[0] is the control: 0 unless stated); a treated level without a rate
         in `discounts` or in `default` (the data's own) is refused, never priced at 0."""
@@ -142,15 +148,18 @@ def choose_levels(profit: np.ndarray, spend: np.ndarray, budget: float | None = 
 
 
 def recommend(pred: dict[str, np.ndarray], levels: list[str], policy: PolicyConfig, *, customer_id=None,
-              discounts: dict[str, float] | None = None, budget: float | None = None) -> pd.DataFrame:
+              discounts: dict[str, float] | None = None, budget: float | None = None, price: float = 0.0
+              ) -> pd.DataFrame:
     """One row per customer: the level to give (or the control = none) and why, for a campaign file.
+    Under a budget (`budget`, else the policy's) the budgeted allocation; without one each customer's
+    argmax(profit - price x spend) (`price` 0: plain argmax).
 
     Columns: customer_id, level, treat (bool), expected_incremental_profit, expected_spend,
     p_conversion (under the chosen level), expected_revenue, uplift_conversion (vs control).
     """
-    d = policy.discount_rates(levels, discounts)
-    profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
-    choice, _ = choose_levels(profit, spend, policy.budget if budget is None else budget)
+    profit, spend = policy.level_matrices(pred["revenue"], levels, discounts)
+    budget = policy.budget if budget is None else budget
+    choice = choose_levels(profit, spend, budget)[0] if budget is not None else choose_at_price(profit, spend, price)
     rows = np.arange(len(choice))
     n = len(choice)
     return pd.DataFrame({

@@ -31,7 +31,7 @@ class UpliftPyfunc(mlflow.pyfunc.PythonModel):
         profit - price x spend; plain argmax when none is stored): a campaign-wide budget must see the whole
         campaign, so batch scoring in chunks never applies the policy's budget chunk by chunk (`offerlab score
         --budget` allocates over the whole file)."""
-        from offerlab.uplift.policy import choose_at_price, level_economics, recommend
+        from offerlab.uplift.policy import recommend
 
         ids = model_input["customer_id"].astype(str).to_numpy() if "customer_id" in model_input else None
         budget = (params or {}).get("budget")
@@ -39,13 +39,8 @@ class UpliftPyfunc(mlflow.pyfunc.PythonModel):
         policy = self.policy if budget is not None else self.policy.model_copy(update={"budget": None})
         pred = self.model.predict_levels(model_input)
         levels = list(self.model.levels)
-        rec = recommend(pred, levels, policy, customer_id=ids, discounts=self.model.discounts, budget=budget)
-        price = stored_price(self.policy)
-        if budget is None and price > 0:
-            d = policy.discount_rates(levels, self.model.discounts)
-            profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
-            apply_choice(rec, choose_at_price(profit, spend, price), profit, spend, pred["conversion"],
-                         pred["revenue"], levels)
+        rec = recommend(pred, levels, policy, customer_id=ids, discounts=self.model.discounts, budget=budget,
+                        price=stored_price(self.policy))
         for i, lv in enumerate(levels):
             rec[f"p_conversion_{lv}"] = pred["conversion"][:, i]
             rec[f"expected_revenue_{lv}"] = pred["revenue"][:, i]

@@ -115,12 +115,11 @@ def training_price_of_spend(model, pred: dict, policy, n_test: int, n_campaign: 
     `n_test / n_campaign` share of it, so they get that share of the budget (the same spend per customer, hence
     the same price a whole campaign of these customers would meet). Serving then picks each customer's
     argmax(profit - price x spend)."""
-    from offerlab.uplift.policy import allocate, level_economics
+    from offerlab.uplift.policy import allocate
 
     if policy.budget is None:
         return None
-    d = policy.discount_rates(list(model.levels), model.discounts)
-    profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
+    profit, spend = policy.level_matrices(pred["revenue"], list(model.levels), model.discounts)
     return float(allocate(profit, spend, policy.budget * n_test / max(n_campaign, n_test)).price)
 
 
