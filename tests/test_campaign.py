@@ -216,9 +216,10 @@ def test_plan_evaluate_learn_on_a_strangers_spec(tmp_path, monkeypatch):
     plan_path = tmp_path / "plan.parquet"
     _invoke("campaign", "plan", "--data", spec, "--model-uri", uri, "--out", plan_path, code=2)  # no budget
     assert not plan_path.exists()
-    r = _invoke("campaign", "plan", "--data", spec, "--model-uri", uri, "--budget", 800, "--seed", 1,
-                "--out", plan_path)
+    _invoke("promote", "uplift", "--run", trained["run_id"])  # the README's route: the registry's champion, no URI
+    r = _invoke("campaign", "plan", "--data", spec, "--budget", 800, "--seed", 1, "--out", plan_path)
     summary = json.loads(r.stdout)
+    assert summary["model_uri"] == "models:/offerlab-uplift@champion" and summary["model_version"] == "1"
     assert summary["expected_spend"] <= 800 and summary["customers"] == synth.transactions["customer_id"].nunique()
     assert summary["economics"]["discounts"] == {"holdout": 0.0, "promo_a": 0.05, "promo_b": 0.10, "promo_c": 0.15}
     import mlflow

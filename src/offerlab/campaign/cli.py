@@ -136,8 +136,8 @@ def run_plan(*, out_path: str | Path, data_spec: str | None = None, data_sets: t
         raise ValueError("give --data (a data spec) or --input (a transactions parquet)")
     else:
         inputs = read_inputs("discount", input_path, customers)
-    uri = resolve_uri("uplift", model_uri, alias)
-    pyfunc = load_model("uplift", model_uri, alias)
+    uri = resolve_uri("discount", model_uri, alias)  # score's command name: the uplift family's alias
+    pyfunc = load_model("discount", model_uri, alias)
     inner = pyfunc.unwrap_python_model()
     model, policy = inner.model, inner.policy
     econ, spec_budget = plan_economics(spec, policy, list(model.levels), getattr(model, "discounts", None))
