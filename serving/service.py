@@ -295,3 +295,8 @@ for _svc in (Timing, Discount, Credit, Offers, OffersLocal):
     _svc.add_asgi_middleware(OverloadMiddleware)  # the first added is the outermost (Starlette order)
     _svc.add_asgi_middleware(ApiKeyMiddleware)
     _svc.add_asgi_middleware(JsonBodyMiddleware)
+
+from offerlab.serving.ui import mount_ui  # noqa: E402 - the page mounts on the services defined above
+
+for _svc in (Offers, OffersLocal):
+    mount_ui(_svc)  # GET /ui/: one customer's offers with pictures; the page asks the public /offers

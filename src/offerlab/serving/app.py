@@ -19,7 +19,8 @@ import os
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "OFFERLAB_API_KEY"
-OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/")
+OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/",
+              "/ui", "/ui/")  # the offers page (static, no data; its calls carry the key the user types)
 
 
 async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -119,8 +119,15 @@ class CustomerHistory(_Strict):
         return self.as_of or now_utc()
 
 
+MAX_CURVE_DAYS = 365
+CurveDays = Annotated[int | None, Field(ge=1, le=MAX_CURVE_DAYS, description=(
+    "also answer `timing.p_buy_curve`: P(a purchase within d days) for every d = 1..curve_days (omit: no curve)"))]
+
+
 class TimingRequest(CustomerHistory):
     """When will this customer buy again, and what?"""
+
+    curve_days: CurveDays = None
 
 
 class DiscountRequest(CustomerHistory):
@@ -171,6 +178,7 @@ class OffersRequest(DiscountRequest):
     """Everything for one customer: reminder and basket, discount, and (with an application) credit terms."""
 
     application: Application | None = Field(None, description="credit application; omit for no credit answer")
+    curve_days: CurveDays = None
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": 
         {"customer_id": "c-123", "history": EXAMPLE_HISTORY, "attributes": EXAMPLE_ATTRIBUTES,
          "application": EXAMPLE_APPLICATION, "as_of": "2024-12-01T00:00:00"}})
@@ -198,6 +206,8 @@ class TimingAnswer(BaseModel):
     p_no_purchase_90d: float
     winback: bool = Field(description="overdue: P(no purchase in 90 days) above the win-back threshold")
     top_categories: list[CategoryProbability] = Field(description="most likely categories of the next basket")
+    p_buy_curve: list[float] | None = Field(None, description="P(a purchase within d days of as_of) for "
+                                            "d = 1, 2, ..., curve_days of the request; null when not asked")
     model_version: str
     model_ms: float = Field(description="model compute time of the batch this answer came from (ms)")
 

@@ -159,6 +159,9 @@ class TimingAdapter:
         within = {k: mix.prob_within(state, k) for k in (7.0, 30.0, 90.0)}
         qs = mix.quantiles((0.1, 0.5, 0.9))
         counts = mix.expected_counts(90.0, self.n_samples)
+        asked = [getattr(r, "curve_days", None) or 0 for r in reqs]  # P(buy within d days), d = 1..curve_days
+        days = np.arange(1.0, max(asked) + 1)
+        curve = mix.cond_cdf(np.broadcast_to(days, (len(reqs), len(days)))) if len(days) else None
         with torch.inference_mode():
             probs = p.category_probs(state)
         ms = _ms(t0)
@@ -174,7 +177,8 @@ class TimingAdapter:
                 p_buy_90d=float(within[90.0][i]), expected_purchases_90d=float(counts[i]),
                 next_date_median=_date(as_of[i], qs[i, 1]), next_date_q10=_date(as_of[i], qs[i, 0]),
                 next_date_q90=_date(as_of[i], qs[i, 2]), p_no_purchase_90d=p_none,
-                winback=p_none > self.winback_threshold, top_categories=top, model_version=self.version,
+                winback=p_none > self.winback_threshold, top_categories=top,
+                p_buy_curve=curve[i, : asked[i]].tolist() if asked[i] else None, model_version=self.version,
                 model_ms=ms))
         return out
 
