@@ -396,14 +396,18 @@ class FamilyGroup(click.Group):
         super().__init__(**kw)
         self.attr = attr
 
+    EXTRA = {"bench": {"basket": "offerlab.timing.basket_bench"}}  # benchmarks beside the families' own
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         package_dir = Path(__file__).parent
-        return [f for f in FAMILIES if (package_dir / f / "cli.py").is_file()]
+        return [f for f in FAMILIES if (package_dir / f / "cli.py").is_file()] + list(self.EXTRA.get(self.attr, {}))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.list_commands(ctx):
             return None
-        return getattr(importlib.import_module(f"offerlab.{name}.cli"), self.attr, None)
+        extra = self.EXTRA.get(self.attr, {})
+        module = extra.get(name, f"offerlab.{name}.cli")
+        return getattr(importlib.import_module(module), self.attr, None)
 
 
 def _attach_family_commands() -> None:

@@ -214,8 +214,12 @@ def localise_times(values: pd.Series, timezone: str | None, table: str, col: str
 
 
 def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMapping, *, timezone: str | None = None,
-                strict_timezone: bool = False, base_dir: str | Path | None = None) -> pd.DataFrame:
+                strict_timezone: bool = False, base_dir: str | Path | None = None, with_lines: bool = False
+                ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame | None]:
     """Load a user's CSV or parquet file into a canonical table through a column mapping.
+
+    A transactions file that maps `item_id` has a row per order line: its orders fill `transactions` and the rows
+    the `lines` table (`offerlab.data.lines`); `with_lines=True` returns (transactions, lines or None).
 
     `timezone` / `strict_timezone`: see `localise_times` (a data spec passes its `semantics.timezone`, strictly);
     `base_dir`: the folder a relative `path` of the mapping is read from (default: the mapping file's)."""
@@ -258,6 +262,14 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
             raise DataValidationError(m.table, col, "column listed under 'dates' is not kept: add it to 'keep'")
         out[col] = localise_times(_parse_times(out[col], m.timestamp_format, m.table, col), timezone, m.table, col,
                                   strict=strict_timezone)
+    if m.table == "transactions" and "item_id" in out.columns:
+        from offerlab.data.lines import lines_from_rows, orders_from_lines
+
+        lines = lines_from_rows(out)
+        orders = orders_from_lines(lines)
+        log.info("loaded %d lines of %d orders into tables lines and transactions from %s", len(lines), len(orders),
+                 data_path.name)
+        return (orders, lines) if with_lines else orders
     if m.table == "transactions" and "order_id" not in out.columns:
         out["order_id"] = np.arange(len(out)).astype(str)
     if m.table == "campaign" and "customer_id" not in out.columns:  # a bare campaign log: rows are the customers
@@ -270,7 +282,8 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
         if "applied_at" not in out.columns and m.applied_at is not None:
             out.insert(2, "applied_at", pd.Timestamp(m.applied_at))
     log.info("loaded %d rows into table %s from %s", len(out), m.table, data_path.name)
-    return validate_table(out, m.table, treatments=m.treatments, control=m.control)
+    out = validate_table(out, m.table, treatments=m.treatments, control=m.control)
+    return (out, None) if with_lines else out
 
 
 def load_dataset(name: str, data_path: str | Path | None = None, mapping: str | Path | None = None) -> pd.DataFrame:

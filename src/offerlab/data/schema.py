@@ -81,7 +81,22 @@ APPLICATIONS = TableSpec(
     key=("application_id",),
 )
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (TRANSACTIONS, CUSTOMERS, CAMPAIGN, APPLICATIONS)}
+LINES = TableSpec(  # order lines: what each order (a transactions row) held, item by item
+    "lines",
+    (
+        Column("order_id", "str"),
+        Column("customer_id", "str"),
+        Column("timestamp", "datetime"),
+        Column("item_id", "str"),
+        Column("item_name", "str", required=False),
+        Column("category", "str", required=False),
+        Column("quantity", "int", required=False, nonnegative=True),
+        Column("amount", "float", required=False, nonnegative=True),
+    ),
+    key=("order_id", "item_id"),
+)
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (TRANSACTIONS, CUSTOMERS, CAMPAIGN, APPLICATIONS, LINES)}
 
 
 def _example(df: pd.DataFrame, mask: np.ndarray | pd.Series, column: str) -> str:
@@ -151,6 +166,7 @@ def validate_table(
     treatments: list[str] | None = None,
     control: str | None = None,
     now: pd.Timestamp | None = None,
+    check_key: bool = True,
 ) -> pd.DataFrame:
     """Check `df` against the canonical table `table` and return it with canonical dtypes.
 
@@ -187,12 +203,15 @@ def validate_table(
             out[c.name] = _coerce_datetime(out, table, c.name, now)
         else:
             out[c.name] = _coerce_numeric(out, table, c)
-    if spec.key and all(k in out.columns for k in spec.key):
+    if check_key and spec.key and all(k in out.columns for k in spec.key):
         dup = out.duplicated(list(spec.key), keep="first")
         if dup.any():
             raise DataValidationError(table, ",".join(spec.key), "duplicate key", _example(out, dup, spec.key[0]))
     if table == "campaign":
         _check_treatments(out, treatments, control)
+    if table == "lines" and "quantity" in out.columns and (out["quantity"] < 1).any():
+        raise DataValidationError(table, "quantity", "a line must count at least one unit (a returned item is not "
+                                  "a purchase line)", _example(out, out["quantity"] < 1, "quantity"))
     return out
 
 

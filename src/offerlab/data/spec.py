@@ -239,16 +239,25 @@ class SpecData:
 
     # ---------------------------------------------------------------------------------------- tables
     def table(self, name: str) -> pd.DataFrame:
-        """The canonical table `name`, read and validated once (a copy is not made: do not modify it)."""
+        """The canonical table `name`, read and validated once (a copy is not made: do not modify it). `lines`
+        comes from a transactions file that maps `item_id` (a row per order line)."""
+        if name == "lines":
+            if "item_id" not in (self.spec.tables["transactions"].columns if self.has("transactions") else {}):
+                raise self.key_error("tables.transactions.columns.item_id", "not set: the basket needs order lines; "
+                                     "map the item column of a line-level purchase file (a row per item bought)")
+            self.table("transactions")
+            return self._tables["lines"]
         if name not in self._tables:
             if not self.has(name):
                 raise self.key_error(f"tables.{name}", f"this command needs a {name} table; add a tables.{name} "
                                      "block (path and columns)")
             block = self.spec.tables[name]
             self._check_block(name, block)
-            df = load_mapped(None, block.mapping(name), timezone=self.spec.semantics.timezone, strict_timezone=True,
-                             base_dir=self.path.parent)
+            df, lines = load_mapped(None, block.mapping(name), timezone=self.spec.semantics.timezone,
+                                    strict_timezone=True, base_dir=self.path.parent, with_lines=True)
             self._tables[name] = df
+            if lines is not None:
+                self._tables["lines"] = lines
         return self._tables[name]
 
     def _check_block(self, name: str, block: TableBlock) -> None:

@@ -30,7 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy import special, stats
 
-GENERATOR_VERSION = 2  # 2: truth_credit gains true_pd_observable
+from offerlab.data import synth_items
+
+GENERATOR_VERSION = 3  # 2: truth_credit gains true_pd_observable; 3: order lines (items) and their truth
 DAY_NS = 86_400 * 10**9
 
 # --- observable customer attributes -------------------------------------------------------------------
@@ -56,6 +58,7 @@ CAT_REPLENISH = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)  # favoured
 CAT_DEAL = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 0], dtype=bool)  # favoured by price-sensitive buyers
 CAT_PRICE = np.array([0.8, 0.9, 0.7, 1.0, 0.9, 1.0, 1.4, 2.5, 1.6, 0.6])  # amount multiplier
 CAT_EXTRA_QTY = np.array([2.0, 1.0, 1.0, 1.5, 1.0, 0.5, 0.3, 0.1, 0.3, 0.4])  # quantity = 1 + Poisson(.)
+ITEM_CATALOGUE = synth_items.catalogue(CATEGORIES, CAT_REPLENISH)  # fixed: the same items for every seed
 PREF_CONCENTRATION = 3.0
 SEASON = np.array([0.9, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.1, 1.3])  # amount factor by month
 AMOUNT_NOISE_SD = 0.4
@@ -117,6 +120,8 @@ FILES = {
     "truth_timing": "truth/timing.parquet",
     "truth_campaign": "truth/campaign.parquet",
     "truth_credit": "truth/credit.parquet",
+    "lines": "lines.parquet",
+    "truth_items": "truth/items.parquet",
 }
 META_FILE = "meta.json"
 
@@ -193,6 +198,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("true_pd_traits", pa.float64()),
         ]
     ),
+    "lines": synth_items.LINES_SCHEMA,
+    "truth_items": synth_items.TRUTH_SCHEMA,
 }
 
 
@@ -233,6 +240,7 @@ PROCESS = {
         "amount = spend_level x category_price_factor x season_factor[month] x LogNormal(mean 1, sd-log 0.4), "
         "rounded to cents; quantity = 1 + Poisson(category_extra_quantity)."
     ),
+    "items": " ".join((synth_items.__doc__ or "").split("\n\n")[1].split()),
     "campaign": (
         "All customers acquired before campaign_date, assigned at random to the levels with assignment_probs. "
         "act = P(purchase within 30 days | alive, time since last purchase) under the true gamma process, 0 if "
@@ -281,6 +289,8 @@ class SynthData:
     truth_timing: pd.DataFrame
     truth_campaign: pd.DataFrame
     truth_credit: pd.DataFrame
+    lines: pd.DataFrame | None = None  # order lines (items); None for a folder written before generator version 3
+    truth_items: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
 
 
@@ -373,6 +383,7 @@ def build_meta(n_customers: int, seed: int, start: str, end: str, chunk_size: in
         "purposes": list(PURPOSES),
         "terms_months": TERMS.tolist(),
         "files": dict(FILES),
+        "items": ITEM_CATALOGUE.drop(columns=["category_code"]).to_dict(orient="list"),
         "process": {k: v for k, v in PROCESS.items() if k != "campaign_targeted"},
     }
     table_schema("campaign", campaign_assignment)  # refuses an unknown assignment
@@ -813,8 +824,8 @@ def _applications(
     return apps, truth
 
 
-def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict, campaign_assignment: str = "randomised"
-           ) -> dict[str, pa.Table]:
+def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict, campaign_assignment: str = "randomised",
+           items_rng: np.random.Generator | None = None) -> dict[str, pa.Table]:
     num = np.arange(offset + 1, offset + n + 1, dtype=np.int64)
     cid = _ids("c", num)
     tr = _traits(rng, n)
@@ -849,6 +860,9 @@ def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict, campaign_assi
     out["truth_timing"] = pa.Table.from_arrays(
         [cid] + [pa.array(timing[f.name]) for f in list(SCHEMAS["truth_timing"])[1:]], schema=SCHEMAS["truth_timing"]
     )
+    if items_rng is not None:  # a stream of its own: the tables above keep their bytes
+        out["lines"], truth = synth_items.item_lines(items_rng, tr, ev, w, transactions, ITEM_CATALOGUE)
+        out["truth_items"] = synth_items.truth_table(truth, cid)
     return out
 
 
@@ -864,7 +878,8 @@ def iter_chunks(
     n_chunks = -(-n_customers // chunk_size)
     for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n_chunks)):
         offset = i * chunk_size
-        yield _chunk(np.random.default_rng(ss), offset, min(chunk_size, n_customers - offset), w, campaign_assignment)
+        yield _chunk(np.random.default_rng(ss), offset, min(chunk_size, n_customers - offset), w, campaign_assignment,
+                     synth_items.item_rng(seed, i))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -948,7 +963,7 @@ def synth_to_dir(n_customers: int, seed: int, out_dir: str | Path, **kw) -> dict
 def load_synth(out_dir: str | Path) -> SynthData:
     """Read back the tables, the ground truth and meta.json written by `write` or `synth_to_dir`."""
     out = Path(out_dir)
-    frames = {name: pq.read_table(out / rel).to_pandas() for name, rel in FILES.items()}
+    frames = {name: pq.read_table(out / rel).to_pandas() for name, rel in FILES.items() if (out / rel).is_file()}
     meta = json.loads((out / META_FILE).read_text())
     return SynthData(**frames, meta=meta)
 
