@@ -52,7 +52,7 @@ def find_data_folder(root: Path | None = None) -> Path:
         if not (folder / "transactions.parquet").is_file():
             raise ValueError(f"{UI_DATA_ENV}={raw!r}: no transactions.parquet in that folder")
         return folder
-    found = sorted((root or Path.cwd()).glob("runs/*/synth_*/transactions.parquet"), key=lambda p: p.stat().st_mtime)
+    found = sorted((root or Path()).glob("runs/*/synth_*/transactions.parquet"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise ValueError(f"no sample data: set {UI_DATA_ENV} to a folder with transactions.parquet "
                          "(or run `make run` from this folder); a pasted request still works")
