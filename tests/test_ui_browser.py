@@ -156,19 +156,48 @@ def _curve_values(points: str) -> list[float]:
     return [1.0 - (y - 12.0) / (230.0 - 12.0 - 38.0) for y in ys]
 
 
+def _serving(url: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    """Poll until the service answers HTTP at all (the page), its models possibly still loading."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/ui/", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}/ui/ not served after {timeout:.0f} s")
+
+
+def _open_page(driver, wait, url: str, key: str | None):
+    """Open /ui, type the API key as a user would (the sample list reloads), wait for the sample list."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver.get(f"{url}/ui")
+    if key:
+        source = driver.find_element(By.ID, "sample-source")
+        wait.until(lambda d: "API key" in source.text)  # asked for, never embedded
+        assert "401" in source.text
+        driver.find_element(By.ID, "api-key").send_keys(key, Keys.TAB)  # change -> the sample list reloads
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#customer option")) == 41)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="Chromium and chromedriver not installed "
                     "(apt-get install chromium chromium-driver; .ci/run installs them)")
 def test_offers_page_in_headless_chromium(serving_models, data_folder, tmp_path):  # noqa: F811
     from selenium import webdriver
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": serving_models.tracking_uri, "OFFERLAB_API_KEY": KEY,
-           "OFFERLAB_UI_DATA": str(data_folder), "OFFERLAB_OFFERS_WORKERS": "1",
+           "OFFERLAB_UI_DATA": str(data_folder), "OFFERLAB_OFFERS_WORKERS": "1", "OFFERLAB_PRICE_OF_SPEND": "0.3",
+           "OFFERLAB_READY_WAIT_S": "0",  # a call before the models are loaded: 503 at once (the page retries)
            "BENTOML_HOME": str(tmp_path / "bentoml")}
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:OffersLocal",
@@ -181,9 +210,32 @@ def test_offers_page_in_headless_chromium(serving_models, data_folder, tmp_path)
     options.binary_location = browser
     driver = None
     try:
+        _serving(url, proc)
+        loading = httpx.get(f"{url}/readyz", timeout=5).status_code == 503
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+        wait = WebDriverWait(driver, 30)
+        # 1. while the models load: the page says so, and a pick waits out the 503s, then answers
+        _open_page(driver, wait, url, KEY)
+        message, meta = driver.find_element(By.ID, "message"), driver.find_element(By.ID, "meta")
+        pill = driver.find_element(By.ID, "ready")
+        wait.until(lambda d: pill.text != "checking the models…")
+        if loading and pill.text == "models loading…":
+            Select(driver.find_element(By.ID, "customer")).select_by_value("0")
+            wait.until(lambda d: "Retrying in 2 s" in message.text or meta.text)
+            saw_503 = not meta.text  # (else the models came up in between)
+            if saw_503:
+                assert message.text.startswith("The models are still loading (503)") and "Retrying in 2 s" in message.text
+                driver.save_screenshot(str(tmp_path / "offers_page_loading.png"))
+            WebDriverWait(driver, 240).until(lambda d: meta.text)
+            assert not message.is_displayed()
+            print(f"\noffers page: opened while the models loaded; {'a 503, retried, then' if saw_503 else ''} answered")
+        else:
+            print("\noffers page: the models were ready before the page: 503 path not seen in the browser")
         wait_ready(url, proc)
+        wait.until(lambda d: driver.find_element(By.ID, "ready").text == "models ready")
+
+        # 2. the customer to look at: one whose answer has every part to show (a date, a credit reason)
         key = {"x-api-key": KEY}
-        # the customer to pick: one whose answer has every part to look at (a date, a credit reason)
         listing = httpx.get(f"{url}/ui/samples", headers=key, timeout=10).json()
         chosen = None
         for c in sorted(listing["customers"], key=lambda c: -c["purchases"]):
@@ -194,15 +246,9 @@ def test_offers_page_in_headless_chromium(serving_models, data_folder, tmp_path)
                 break
         assert chosen is not None, "no sample customer with a next-purchase date and credit reasons"
 
-        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
-        wait = WebDriverWait(driver, 30)
+        # 3. a reviewer opens the page, types the key, picks the customer: load to answer
         t0 = time.perf_counter()
-        driver.get(f"{url}/ui")
-        source = driver.find_element(By.ID, "sample-source")
-        wait.until(lambda d: "API key" in source.text)  # the key is asked for, never embedded
-        assert "401" in source.text
-        driver.find_element(By.ID, "api-key").send_keys(KEY, Keys.TAB)  # typed by the user; change reloads
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#customer option")) == 41)
+        _open_page(driver, wait, url, KEY)
         Select(driver.find_element(By.ID, "customer")).select_by_value(str(chosen["index"]))
         meta = driver.find_element(By.ID, "meta")
         wait.until(lambda d: chosen["customer_id"] in meta.text)
@@ -223,6 +269,9 @@ def test_offers_page_in_headless_chromium(serving_models, data_folder, tmp_path)
         bar = driver.find_element(By.CSS_SELECTOR, "#bars rect.bar.chosen")
         assert bar.get_attribute("data-level") == (d["level"] or d["levels"][0]["level"])
         assert len(driver.find_elements(By.CSS_SELECTOR, "#bars rect.bar")) == len(d["levels"])
+        # the budget's trade-off: the service prices spend at 0.3, every level's profit - 0.3 x spend is drawn
+        assert d["price_of_spend"] == 0.3 and len(driver.find_elements(By.CSS_SELECTOR, "#bars rect.net")) == len(d["levels"])
+        assert "Budget trade-off: the budget prices spend at 0.30" in driver.find_element(By.ID, "tradeoff").text
 
         timing_text = driver.find_element(By.ID, "timing-facts").text
         assert re.search(r"\d{4}-\d{2}-\d{2}", timing_text) and t["next_date_median"] in timing_text
@@ -250,22 +299,19 @@ def test_offers_page_in_headless_chromium(serving_models, data_folder, tmp_path)
             "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
         assert set(origins) <= {url}
 
-        # a bad pasted history: the message names the field, and no stale answer stays on screen
+        # 4. a bad pasted history: the message names the field, and no stale answer stays on screen
         bad = {**sent, "history": [{**sent["history"][0], "amount": -1.0}, *sent["history"][1:]]}
         box = driver.find_element(By.ID, "request")
-        box.clear()
         driver.execute_script("arguments[0].value = arguments[1];", box, json.dumps(bad))
         driver.find_element(By.ID, "send").click()
         message = driver.find_element(By.ID, "message")
         wait.until(lambda d: message.is_displayed() and "400" in message.text)
         assert "history → 0 → amount: Input should be greater than or equal to 0" in message.text
         assert not driver.find_element(By.ID, "answer").is_displayed()
+        driver.save_screenshot(str(tmp_path / "offers_page_error.png"))
         driver.execute_script("arguments[0].value = '[{\"timestamp\": \"2024-01-01\", oops}]';", box)
         driver.find_element(By.ID, "send").click()
         wait.until(lambda d: "not valid JSON" in message.text)
-        # the 503 wording the page shows while the models load (the retry loop reads the same function)
-        assert "still loading" in driver.execute_script("return explain(503, {error: 'x'})")
-        driver.save_screenshot(str(tmp_path / "offers_page_error.png"))
         log.flush()
         assert chosen["customer_id"] not in (tmp_path / "serve.log").read_text()  # ids travel in bodies, not paths
     finally:
