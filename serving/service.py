@@ -8,6 +8,12 @@ Each family service loads its model from the MLflow registry (`offerlab.serving.
 a background thread; `/readyz` answers 503 until it is loaded. `predict` is batchable: requests that
 arrive together are merged by BentoML's adaptive batcher into one model call, and one request may carry
 many customers. `Offers` calls the three concurrently through `bentoml.depends`.
+
+The /offers contract is the loaded models' (`offerlab.serving.openapi`): `Offers` and `OffersLocal` validate every
+body with request models built from the champions' needs and serve the spec of exactly those at `/docs.json`.
+Extra ASGI routes (a page, say) mount on both with `Offers.mount_asgi_app(app, path=...)` and the same for
+`OffersLocal`, after the middleware block at the end of this file; they pass through the middleware untouched
+unless their paths are also declared here.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import logging
 import os
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -29,11 +37,12 @@ try:
 except ImportError:  # inside a built Bento: the package travels as src/ beside this folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from offerlab.serving.app import ApiKeyMiddleware, Coalescer, JsonBodyMiddleware, Overloaded, OverloadMiddleware
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from offerlab.serving import openapi
+from offerlab.serving.app import ApiKeyMiddleware, Coalescer, ContractMiddleware, Overloaded, OverloadMiddleware
 from offerlab.serving.contracts import (
-    EXAMPLE_APPLICATION,
-    EXAMPLE_ATTRIBUTES,
-    EXAMPLE_HISTORY,
     CreditAnswer,
     CreditRequest,
     DiscountAnswer,
@@ -42,11 +51,11 @@ from offerlab.serving.contracts import (
     OffersRequest,
     TimingAnswer,
     TimingRequest,
+    invalid_body,
 )
 from offerlab.serving.models import CreditAdapter, TimingAdapter, UpliftAdapter, model_uri
 
 log = logging.getLogger("offerlab.serving")
-EXAMPLE_AS_OF = "2024-12-01T00:00:00"  # after the contract's example history
 MAX_BATCH = int(os.environ.get("OFFERLAB_MAX_BATCH", 64))
 MAX_LATENCY_MS = int(os.environ.get("OFFERLAB_MAX_LATENCY_MS", 1000))
 BATCH = {"batchable": True, "max_batch_size": MAX_BATCH, "max_latency_ms": MAX_LATENCY_MS}
@@ -65,11 +74,12 @@ class _ModelService:
     def __init__(self) -> None:
         self.adapter = None
         self.error: str | None = None
+        self.uri = model_uri(self.family)
         self._loaded = threading.Event()
         threading.Thread(target=self._load, name=f"load-{self.family}", daemon=True).start()
 
     def _load(self) -> None:
-        uri = model_uri(self.family)
+        uri = self.uri
         try:
             import torch
 
@@ -95,6 +105,12 @@ class _ModelService:
         if self.adapter is None and not self.wait_ready(READY_WAIT_S):
             raise ServiceUnavailable(self.error or f"the {self.family} model is still loading")
         return self.adapter
+
+    @bentoml.api
+    def needs(self) -> dict:
+        """What a request must carry for the loaded model, with its URI and version (the /offers contract)."""
+        adapter = self._ready_adapter()
+        return {**adapter.needs(), "uri": self.uri, "version": str(adapter.version)}
 
 
 @bentoml.service(name="timing", **SERVICE)
@@ -130,6 +146,13 @@ class Credit(_ModelService):
         return self._ready_adapter().predict(requests)
 
 
+async def _call_needs(dep) -> dict:
+    """A dependency's `needs`: over the wire when served, in a thread when local."""
+    if hasattr(dep, "to_async"):
+        return await dep.to_async.needs()
+    return await asyncio.to_thread(dep.needs)
+
+
 async def _call(dep, requests: list) -> list:
     """A dependency's batchable `predict`: over the wire when served, in a thread when local (tests).
 
@@ -147,26 +170,47 @@ async def _call(dep, requests: list) -> list:
     return await asyncio.to_thread(dep.predict, requests)
 
 
-def _parts(requests: list[OffersRequest]) -> tuple[list, list, list[int], list[CreditRequest]]:
-    """The three families' requests of a batch of offers requests (credit only where there is an application)."""
-    credit_idx = [i for i, r in enumerate(requests) if r.application is not None]
-    credit_reqs = [CreditRequest.model_construct(
-        customer_id=requests[i].customer_id, history=requests[i].history, as_of=requests[i].as_of,
-        application=requests[i].application) for i in credit_idx]
-    return ([r.part(TimingRequest) for r in requests], [r.part(DiscountRequest) for r in requests],
-            credit_idx, credit_reqs)
+@dataclass
+class _Parts:
+    """The three families' requests of a batch of offers requests: timing only where a purchase is on or before
+    as_of (the others get `timing: null`), credit only where there is an application."""
+
+    timing_idx: list[int]
+    timing: list[TimingRequest]
+    discount: list[DiscountRequest]
+    credit_idx: list[int]
+    credit: list[CreditRequest]
+
+    @classmethod
+    def of(cls, requests: list[OffersRequest]) -> _Parts:
+        timing_idx = [i for i, r in enumerate(requests) if r.history]
+        credit_idx = [i for i, r in enumerate(requests) if r.application is not None]
+        credit = [CreditRequest.model_construct(
+            customer_id=requests[i].customer_id, history=requests[i].history, as_of=requests[i].as_of,
+            application=requests[i].application) for i in credit_idx]
+        return cls(timing_idx, [requests[i].part(TimingRequest) for i in timing_idx],
+                   [r.part(DiscountRequest) for r in requests], credit_idx, credit)
+
+    def joined(self, requests: list[OffersRequest], timing: list, discount: list, credit: list,
+               combine=max) -> list[OffersAnswer]:
+        """Answers per customer; `model_ms` combines the parts' compute (max when they ran in parallel, else sum)."""
+        t_of = dict(zip(self.timing_idx, timing, strict=True))
+        c_of = dict(zip(self.credit_idx, credit, strict=True))
+        out = []
+        for i, (r, d) in enumerate(zip(requests, discount, strict=True)):
+            t, c = t_of.get(i), c_of.get(i)
+            ms = combine((t.model_ms if t else 0.0, d.model_ms, c.model_ms if c else 0.0))
+            out.append(OffersAnswer(customer_id=r.customer_id, timing=t, discount=d, credit=c,
+                                    purchases_used=len(r.history), model_ms=ms))
+        return out
 
 
-def _joined(requests: list[OffersRequest], timing: list, discount: list, credit_idx: list[int],
-            credit: list, combine=max) -> list[OffersAnswer]:
-    """Answers per customer; `model_ms` combines the parts' compute (max when they ran in parallel, else sum)."""
-    by_index = dict(zip(credit_idx, credit, strict=True))
-    out = []
-    for i, (r, t, d) in enumerate(zip(requests, timing, discount, strict=True)):
-        c = by_index.get(i)
-        ms = combine((t.model_ms, d.model_ms, c.model_ms if c else 0.0))
-        out.append(OffersAnswer(customer_id=r.customer_id, timing=t, discount=d, credit=c, model_ms=ms))
-    return out
+def _refused(e: ValidationError) -> JSONResponse:
+    """A request the models refused (a check the contract's request models left to them): 400 naming the field."""
+    body = invalid_body(e)
+    log.info("request refused by a model: %d field(s) (%s)", len(body["detail"]),
+             ", ".join(sorted({d["type"] for d in body["detail"]})))
+    return JSONResponse(body, status_code=400)
 
 
 def _with_model_ms(answer: OffersAnswer, ctx: bentoml.Context) -> OffersAnswer:
@@ -187,32 +231,60 @@ class Offers:
     discount = bentoml.depends(Discount)
     credit = bentoml.depends(Credit)
 
+    def __init__(self) -> None:
+        openapi.register("offers", openapi.CachedContract(self._needs, title="Offerlab offers (Offers)"))
+
     def __is_ready__(self) -> bool:
         # served: BentoML's /readyz also polls each dependency's own /readyz; in-process: ask the local instances
         deps = (self.timing, self.discount, self.credit)
         return all(d.__is_ready__() for d in deps if isinstance(d, _ModelService))
 
+    async def _needs(self) -> dict | None:
+        """The three families' needs, from the dependencies (over the wire when served), once they are loaded."""
+        deps = {"timing": self.timing, "uplift": self.discount, "credit": self.credit}
+        deadline = time.monotonic() + READY_WAIT_S
+        while True:
+            try:
+                got = await asyncio.gather(*(_call_needs(d) for d in deps.values()))
+                return dict(zip(deps, got, strict=True))
+            except Exception as e:  # noqa: BLE001 - a dependency still loading (503) or not up yet: poll again
+                if time.monotonic() > deadline:
+                    log.warning("the dependencies' needs are not available (%s)", type(e).__name__)
+                    return None
+                await asyncio.sleep(0.5)
+
     async def _answer(self, requests: list[OffersRequest]) -> list[OffersAnswer]:
-        timing, discount, credit_idx, credit_reqs = _parts(requests)
-        jobs = [_call(self.timing, timing), _call(self.discount, discount)]
-        if credit_reqs:
-            jobs.append(_call(self.credit, credit_reqs))
+        parts = _Parts.of(requests)
+        jobs = [_call(self.discount, parts.discount)]
+        if parts.timing:
+            jobs.append(_call(self.timing, parts.timing))
+        if parts.credit:
+            jobs.append(_call(self.credit, parts.credit))
         try:
             results = await asyncio.gather(*jobs)
         except (TimeoutError, ServiceUnavailable, aiohttp.ClientError, OSError) as e:  # a part shed load or its link broke
             log.warning("a dependency could not answer (%s): 503", type(e).__name__)
             raise Overloaded() from e
-        return _joined(requests, results[0], results[1], credit_idx, results[2] if credit_reqs else [])
+        discount, rest = results[0], list(results[1:])
+        timing = rest.pop(0) if parts.timing else []
+        credit = rest.pop(0) if parts.credit else []
+        return parts.joined(requests, timing, discount, credit)
 
     @bentoml.api
     async def offers(self, request: OffersRequest, /, ctx: bentoml.Context) -> OffersAnswer:
         """All three offers for one customer; header `x-model-ms` = model compute time."""
-        return _with_model_ms((await self._answer([request]))[0], ctx)
+        try:
+            return _with_model_ms((await self._answer([request]))[0], ctx)
+        except ValidationError as e:
+            return _refused(e)
 
     @bentoml.api
     async def offers_batch(self, requests: list[OffersRequest], /) -> list[OffersAnswer]:
         """All three offers for many customers in one request (each part goes through the batchers)."""
-        return await self._answer(requests) if requests else []
+        try:
+            return await self._answer(requests) if requests else []
+        except ValidationError as e:
+            return _refused(e)
 
 
 def _workers() -> int | str:
@@ -235,7 +307,14 @@ class OffersLocal:
         self.parts = (Timing.inner(), Discount.inner(), Credit.inner())
         self.batcher = Coalescer(self._compute, MAX_BATCH)
         self._warm = threading.Event()
+        self.contract = openapi.CachedContract(self._needs, title="Offerlab offers (OffersLocal)")
+        openapi.register("offers-local", self.contract)
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+
+    async def _needs(self) -> dict | None:
+        if not await asyncio.to_thread(self.wait_ready, READY_WAIT_S):
+            return None
+        return {p.family: p.needs() for p in self.parts}
 
     def _warm_up(self) -> None:
         """One made-up call through every model once they are loaded, before `/readyz` says ready.
@@ -246,10 +325,9 @@ class OffersLocal:
         """
         try:
             if all(p.wait_ready(600.0) for p in self.parts):
-                history = [{**p, "category": None} for p in EXAMPLE_HISTORY]
-                self._compute([OffersRequest(customer_id="warm-up", history=history, as_of=EXAMPLE_AS_OF,
-                                             attributes=EXAMPLE_ATTRIBUTES, application=EXAMPLE_APPLICATION)])
-        except Exception as e:  # noqa: BLE001 - a model trained on other fields may refuse the example: still ready
+                needs = {p.family: p.needs() for p in self.parts}
+                self._compute([OffersRequest.model_validate(openapi.example_request(needs))])  # the spec's example
+        except Exception as e:  # noqa: BLE001 - never keeps the service from being ready
             log.info("warm-up call skipped (%s)", type(e).__name__)
         finally:
             gc.collect()
@@ -264,9 +342,10 @@ class OffersLocal:
 
     def _compute(self, requests: list[OffersRequest]) -> list[OffersAnswer]:
         timing, discount, credit = self.parts
-        t, d, credit_idx, c = _parts(requests)
-        return _joined(requests, timing.predict(t), discount.predict(d), credit_idx,
-                       credit.predict(c) if c else [], combine=sum)  # one thread: the parts add up
+        parts = _Parts.of(requests)
+        return parts.joined(requests, timing.predict(parts.timing) if parts.timing else [],
+                            discount.predict(parts.discount), credit.predict(parts.credit) if parts.credit else [],
+                            combine=sum)  # one thread: the parts add up
 
     async def _until_ready(self) -> None:
         """Hold a call that reached this worker before its models (up to `READY_WAIT_S`), then 503.
@@ -282,19 +361,25 @@ class OffersLocal:
     async def offers(self, request: OffersRequest, /, ctx: bentoml.Context) -> OffersAnswer:
         """All three offers for one customer; header `x-model-ms` = model compute time."""
         await self._until_ready()
-        return _with_model_ms(await self.batcher.submit(request), ctx)
+        try:
+            return _with_model_ms(await self.batcher.submit(request), ctx)
+        except ValidationError as e:
+            return _refused(e)
 
     @bentoml.api
     async def offers_batch(self, requests: list[OffersRequest], /) -> list[OffersAnswer]:
         """All three offers for many customers in one request (one model call per family)."""
         await self._until_ready()
-        return await asyncio.to_thread(self._compute, requests) if requests else []
+        try:
+            return await asyncio.to_thread(self._compute, requests) if requests else []
+        except ValidationError as e:
+            return _refused(e)
 
 
 for _svc in (Timing, Discount, Credit, Offers, OffersLocal):
     _svc.add_asgi_middleware(OverloadMiddleware)  # the first added is the outermost (Starlette order)
     _svc.add_asgi_middleware(ApiKeyMiddleware)
-    _svc.add_asgi_middleware(JsonBodyMiddleware)
+    _svc.add_asgi_middleware(ContractMiddleware, service=_svc.name, apis=tuple(_svc.apis))
 
 from offerlab.serving.ui import mount_ui  # noqa: E402 - the page mounts on the services defined above
 

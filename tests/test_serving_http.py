@@ -68,8 +68,11 @@ def test_bentoml_serve_offers_over_http(serving_models, tmp_path, service):  # n
         r = httpx.post(f"{url}/offers_batch", content=b"\x00", headers={**key, "content-type": "application/json"},
                        timeout=30)
         assert r.status_code == 400 and "not valid JSON" in r.text, r.text
-        docs = httpx.get(f"{url}/docs.json", timeout=10).json()
-        assert "/offers" in docs["paths"] and "example" in docs["components"]["schemas"]["OffersRequest"]
+        docs = httpx.get(f"{url}/docs.json", timeout=30).json()  # the loaded models' contract, its example valid
+        assert docs["info"]["x-offerlab-models"]["uplift"]["version"] == serving_models.versions["uplift"]
+        example = docs["paths"]["/offers"]["post"]["requestBody"]["content"]["application/json"]["example"]
+        r = httpx.post(f"{url}/offers", json=example, headers=key, timeout=30)
+        assert r.status_code == 200 and r.json()["purchases_used"] == len(example["history"]), r.text
         log.flush()
         served = (tmp_path / "serve.log").read_text()
         assert "c-test" not in served  # no raw customer id in the logs

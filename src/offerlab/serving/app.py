@@ -1,4 +1,4 @@
-"""ASGI pieces every Offerlab service wears: API-key check and a clear 503 when the batcher sheds load.
+"""ASGI pieces every Offerlab service wears: API-key check, the contract's HTTP side, a clear 503 under load.
 
 - `ApiKeyMiddleware`: when `OFFERLAB_API_KEY` is set, a request must carry it as `x-api-key: KEY` or
   `Authorization: Bearer KEY`, else 401. Health and docs paths stay open (probes, the OpenAPI page),
@@ -7,6 +7,8 @@
 - `OverloadMiddleware`: BentoML's adaptive batcher drops requests it cannot serve within
   `max_latency_ms` by cancelling them, which surfaced as a bare 500; here it becomes a 503 with
   `Retry-After` and a message saying what happened.
+- `ContractMiddleware`: methods (405), content types (415), body size (413), JSON (400) and, where the service
+  has one, the loaded models' contract (400) and its spec at `/docs.json`.
 """
 
 from __future__ import annotations
@@ -57,32 +59,77 @@ class ApiKeyMiddleware:
         return await self.app(scope, receive, send)
 
 
-class JsonBodyMiddleware:
-    """400 naming the problem for a POST body that is not JSON (e.g. raw bytes): BentoML's decoder answers
-    some of those with a bare 500 on list-typed endpoints. A valid body is replayed unchanged."""
+MAX_BODY_ENV = "OFFERLAB_MAX_BODY_BYTES"
+DEFAULT_MAX_BODY = 16 << 20  # 16 MiB: a batch of ~250 customers with the longest histories
+HEALTH_PATHS = ("/readyz", "/livez", "/healthz", "/metrics")
+SPEC_PATH = "/docs.json"
 
-    def __init__(self, app):
-        self.app = app
+
+def max_body_bytes() -> int:
+    """Largest request body accepted (env `OFFERLAB_MAX_BODY_BYTES`, default 16 MiB)."""
+    return int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
+
+
+class ContractMiddleware:
+    """The HTTP side of the contract, before BentoML sees a request (whose own decoder answered some of these
+    with a bare 500, and logs every refused body with the values in it):
+
+    - a method a declared path does not list: 405 with `Allow` (BentoML's routes are POST-only or GET-only);
+    - a POST to an API whose body is not `application/json` (or whose content type is malformed): 415;
+    - a body over `OFFERLAB_MAX_BODY_BYTES`: 413 naming the limit; a body that is not JSON: 400;
+    - with a contract for the service (`offerlab.serving.openapi`: the loaded models' request models), a body
+      that breaks it: 400 naming every refused field (`InvalidRequest`), logged as a count and the error
+      kinds only, never a value; and `GET /docs.json` answers that contract's spec (503 until the models load).
+
+    A valid body is replayed unchanged. `apis` are the service's API names (`POST /<name>`).
+    """
+
+    def __init__(self, app, service: str = "", apis: tuple[str, ...] = ()):
+        self.app, self.service = app, service
+        self.routes: dict[str, tuple[str, ...]] = {f"/{a}": ("POST",) for a in apis}
+        self.routes.update({p: ("GET", "HEAD") for p in HEALTH_PATHS})
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") != "POST":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        ctype = dict(scope.get("headers", [])).get(b"content-type", b"application/json").split(b";")[0].strip()
-        if ctype not in (b"application/json", b""):
+        from offerlab.serving import openapi
+
+        path, method = scope.get("path", "/"), scope.get("method", "GET")
+        if path == SPEC_PATH and method in ("GET", "HEAD") and openapi.has_contract(self.service):
+            return await self._spec(send, await openapi.contract_of(self.service))
+        allowed = self.routes.get(path)
+        if allowed is None:
             return await self.app(scope, receive, send)
-        chunks, more = [], True
+        if method not in allowed:
+            declared = ", ".join(m for m in allowed if m != "HEAD")
+            return await _send_json(send, 405, {"error": f"method {method} is not allowed on {path}; use {declared}"},
+                                    [(b"allow", ", ".join(allowed).encode())])
+        if method != "POST" or scope.get("client") is None:  # no client: `bentoml serve`'s own dependency calls
+            return await self.app(scope, receive, send)   # over its Unix socket (pickled bodies)
+        headers = dict(scope.get("headers", []))
+        ctype = headers.get(b"content-type", b"application/json").decode("latin-1")
+        if not _is_json(ctype):
+            return await _send_json(send, 415, {"error": f"unsupported content type {ctype[:80]!r}: send the body "
+                                                         "as application/json"})
+        limit = max_body_bytes()
+        declared_length = headers.get(b"content-length", b"")
+        if declared_length.isdigit() and int(declared_length) > limit:
+            return await _too_large(send, limit)
+        chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
                 return
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await _too_large(send, limit)
+            chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        try:
-            json.loads(body)
-        except ValueError as e:
-            return await _send_json(send, 400, {"error": "request body is not valid JSON",
-                                                "detail": [{"loc": ["body"], "msg": str(e)[:200]}]})
+        refusal = await self._refusal(path, body)
+        if refusal is not None:
+            return await _send_json(send, *refusal)
         replayed = False
 
         async def replay():
@@ -93,6 +140,48 @@ class JsonBodyMiddleware:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+    async def _refusal(self, path: str, body: bytes) -> tuple[int, dict] | None:
+        """(status, answer) for a body the service refuses before it reaches BentoML, else None."""
+        from offerlab.serving import openapi
+
+        try:
+            json.loads(body)
+        except ValueError as e:
+            return 400, {"error": "request body is not valid JSON",
+                         "detail": [{"loc": ["body"], "msg": str(e)[:200], "type": "json_invalid"}]}
+        if not openapi.has_contract(self.service):
+            return None
+        contract = await openapi.contract_of(self.service)
+        if contract is None:
+            return 503, {"error": UNAVAILABLE}
+        refused = contract.refusal(path.lstrip("/"), body)
+        if refused is None:
+            return None
+        kinds = sorted({d["type"] for d in refused["detail"]})
+        log.info("%s refused: %d field(s) break the contract (%s)", path, len(refused["detail"]), ", ".join(kinds))
+        return 400, refused
+
+    async def _spec(self, send, contract) -> None:
+        if contract is None:
+            return await _send_json(send, 503, {"error": "the spec describes the loaded models, which are not "
+                                                         "loaded yet (see /readyz); retry shortly"},
+                                    [(b"retry-after", b"1")])
+        payload = contract.spec_json(api_key=bool(os.environ.get(API_KEY_ENV)), max_body=max_body_bytes())
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _is_json(ctype: str) -> bool:
+    """`application/json`, with parameters or none (an absent header counts as JSON)."""
+    media = ctype.split(";")[0].strip().lower()
+    return media in ("application/json", "")
+
+
+async def _too_large(send, limit: int) -> None:
+    await _send_json(send, 413, {"error": f"request body is over the limit of {limit} bytes ({MAX_BODY_ENV})",
+                                 "limit_bytes": limit})
 
 
 UNAVAILABLE = ("service unavailable: the batch queue is full (requests would wait longer than max_latency_ms) "

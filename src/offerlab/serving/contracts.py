@@ -1,29 +1,95 @@
-"""The HTTP contract of the Offerlab services: pydantic requests and answers, with examples for OpenAPI.
+"""The HTTP contract of the Offerlab services: pydantic requests and answers, and the error bodies.
 
-What pydantic can check without a model is checked here (missing fields, negative or non-finite
-amounts, timestamps out of order or in the future, histories longer than `OFFERLAB_MAX_HISTORY`);
-what needs the model (an unknown category, an attribute level the model never saw) is checked by the
-adapters in `offerlab.serving.models`, which raise `field_error` so both give the same 400 shape:
-``{"error": "1 validation error for ...", "detail": [{"loc": [...], "msg": ...}]}``.
-Timestamps may carry a time zone (converted to UTC) or none (read as UTC).
+Everything here can be said in JSON Schema, so the published spec states it exactly: types are strict
+(a number is a JSON number, never a numeric string or a boolean), amounts are finite and in range,
+timestamps follow one grammar (`INSTANT_PATTERN`: RFC 3339 date-time, years 1900-2099, the zone
+optional and read as UTC when absent), histories are at most `OFFERLAB_MAX_HISTORY` purchases.
+What needs the loaded models (the attributes the uplift model requires and their levels, the
+categories the timing model knows, the application fields of the credit model) is added per model by
+`offerlab.serving.openapi`, which builds the request models the service validates with and the spec
+from the same needs; the adapters in `offerlab.serving.models` check the same things again for
+Python callers and raise `field_error`, so every refusal has one 400 shape (`InvalidRequest`):
+``{"error": "1 validation error for ...", "detail": [{"loc": [...], "msg": "...", "type": "..."}]}``.
+
+Rules JSON Schema cannot state are not refusals: purchases may come in any order (sorted here), and
+purchases after `as_of` (or after now, without `as_of`) are not known at that instant and are left
+out, as in batch scoring and training; the answer says how many purchases it used.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 MAX_HISTORY_ENV = "OFFERLAB_MAX_HISTORY"
 DEFAULT_MAX_HISTORY = 500
 CLOCK_SKEW = dt.timedelta(minutes=5)  # a client clock slightly ahead is not "the future"
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-Amount = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False, description="amount (0 to 1e9)")]
-EARLIEST = dt.datetime(1900, 1, 1)  # older instants are typos (and overflow nanosecond timestamps)
+# a JSON number (an integer is one too), finite; never a numeric string or a boolean
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Amount = Annotated[float, Field(strict=True, ge=0, le=1e9, allow_inf_nan=False, description="amount (0 to 1e9)")]
+FEATURE_BOUND = 1e9  # a number a model reads as a feature: |x| <= 1e9, so its float32 encoding stays finite
+Feature = Annotated[float, Field(strict=True, ge=-FEATURE_BOUND, le=FEATURE_BOUND, allow_inf_nan=False)]
+
+
+def _integral(v: object) -> object:
+    """JSON Schema's integer: 6 and 6.0 alike (a boolean stays refused by the strict int after this)."""
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**53 else v
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> object:
+    """A strict integer type in [lo, hi] (its schema stated explicitly: pydantic cannot see through the validator)."""
+    bounds = {k: v for k, v in (("minimum", lo), ("maximum", hi)) if v is not None}
+    return Annotated[int, BeforeValidator(_integral), Field(strict=True, ge=lo, le=hi),
+                     WithJsonSchema({"type": "integer", **bounds})]
+
+
+Integer = integer()
+
+# RFC 3339 date-time with the zone optional (none = UTC), `T` or a space, calendar dates only, years 1900-2099:
+# what `parse_instant` reads, stated as a pattern so that a spec reader (or generator) knows it exactly
+_D = "[0-9]"
+_YEAR = f"(?:19|20){_D}{_D}"
+_LEAP = "(?:19(?:0[48]|[2468][048]|[13579][26])|20(?:[02468][048]|[13579][26]))"
+_MONTH_DAY = (f"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]{_D}|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]{_D}|30)"
+              f"|02-(?:0[1-9]|1{_D}|2[0-8]))")
+_TIME = f"(?:[01]{_D}|2[0-3]):[0-5]{_D}:[0-5]{_D}(?:\\.{_D}{{1,9}})?"  # beyond microseconds: truncated
+_ZONE = f"(?:Z|[+-](?:[01]{_D}|2[0-3]):[0-5]{_D})?"
+_DATE = f"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP}-02-29)"
+INSTANT_PATTERN = f"^{_DATE}[T ]{_TIME}{_ZONE}$"
+DAY_OR_INSTANT_PATTERN = f"^{_DATE}(?:[T ]{_TIME}{_ZONE})?$"  # a date attribute: a day, or an instant
+_INSTANT, _DAY_OR_INSTANT = re.compile(INSTANT_PATTERN), re.compile(DAY_OR_INSTANT_PATTERN)
+INSTANT_HELP = "date-time YYYY-MM-DDTHH:MM:SS[.fraction, up to 9 digits][Z|+HH:MM|-HH:MM], year 1900-2099; no zone = UTC"
+DAY_OR_INSTANT_HELP = "a date YYYY-MM-DD (midnight UTC) or a " + INSTANT_HELP
+
+
+def parse_instant(v: object, day_allowed: bool = False) -> dt.datetime:
+    """A contract timestamp (`INSTANT_PATTERN`; a datetime from Python callers) as a naive UTC datetime;
+    `day_allowed`: a date alone too (`DAY_OR_INSTANT_PATTERN`, midnight UTC)."""
+    if isinstance(v, dt.datetime):
+        return utc_naive(v)
+    grammar, help_ = (_DAY_OR_INSTANT, DAY_OR_INSTANT_HELP) if day_allowed else (_INSTANT, INSTANT_HELP)
+    if not isinstance(v, str) or not grammar.fullmatch(v):
+        raise PydanticCustomError("instant", "must be " + ("" if day_allowed else "a ") + help_)
+    return utc_naive(dt.datetime.fromisoformat(v))
+
+
+Instant = Annotated[dt.datetime, PlainValidator(parse_instant),
+                    WithJsonSchema({"type": "string", "pattern": INSTANT_PATTERN, "description": INSTANT_HELP})]
 
 
 def max_history() -> int:
@@ -47,24 +113,16 @@ def field_error(title: str, loc: tuple, message: str, value: object = None) -> V
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --------------------------------------------------------------------------------------------- inputs
 class Purchase(_Strict):
     """One purchase of the customer."""
 
-    timestamp: dt.datetime = Field(description="when it was bought (ISO 8601; no zone = UTC)")
+    timestamp: Instant = Field(description="when it was bought (" + INSTANT_HELP + ")")
     amount: Amount
     category: str | None = Field(None, max_length=64, description="product category, one the model knows")
-
-    @field_validator("timestamp")
-    @classmethod
-    def _utc(cls, v: dt.datetime) -> dt.datetime:
-        v = utc_naive(v)
-        if v < EARLIEST:
-            raise ValueError(f"timestamp before {EARLIEST.date()}")
-        return v
 
 
 EXAMPLE_HISTORY = [
@@ -78,49 +136,49 @@ EXAMPLE_APPLICATION = {"requested_amount": 600.0, "income": 42000.0, "term_month
 
 
 class CustomerHistory(_Strict):
-    """A customer's purchase history up to `as_of` (default: now), oldest first."""
+    """A customer's purchase history as known at `as_of` (default: now)."""
 
     customer_id: str = Field(min_length=1, max_length=128, description="your id; echoed back, never logged")
-    history: list[Purchase] = Field(min_length=1, description="purchases, oldest first")
-    as_of: dt.datetime | None = Field(None, description="answer as of this instant (default: now, UTC)")
+    history: list[Purchase] = Field(description=(
+        "purchases, in any order (the service sorts them by time); those after `as_of` are not known at "
+        "that instant and are left out (the answer's `purchases_used` counts the rest); none (a customer "
+        "who has not bought yet): no timing answer"))
+    as_of: Instant | None = Field(None, description="answer as of this instant (default: now); " + INSTANT_HELP)
+    _left_out: int = PrivateAttr(0)
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "example": {"customer_id": "c-123", "history": EXAMPLE_HISTORY, "as_of": "2024-12-01T00:00:00"}})
 
     @model_validator(mode="after")
-    def _history_in_order(self) -> CustomerHistory:
+    def _known_history(self) -> CustomerHistory:
+        """At most `max_history()` purchases; sorted by time; those after the as-of instant left out."""
         limit = max_history()
         if len(self.history) > limit:
             raise field_error(type(self).__name__, ("history",),
                               f"history has {len(self.history)} purchases; the maximum is {limit} "
                               f"(send the most recent {limit})", len(self.history))
-        now = now_utc()
-        if self.as_of is not None:
-            self.as_of = utc_naive(self.as_of)
-            if self.as_of > now + CLOCK_SKEW or self.as_of < EARLIEST:
-                what = "in the future" if self.as_of > now else f"before {EARLIEST.date()}"
-                raise field_error(type(self).__name__, ("as_of",), f"as_of is {what}", str(self.as_of))
-        end = self.as_of or now + CLOCK_SKEW
-        prev = None
-        for i, p in enumerate(self.history):  # bounded by max_history: a request, not a data set
-            if p.timestamp > end:
-                what = "after as_of" if self.as_of is not None else "in the future"
-                raise field_error(type(self).__name__, ("history", i, "timestamp"),
-                                  f"purchase timestamp is {what}", str(p.timestamp))
-            if prev is not None and p.timestamp < prev:
-                raise field_error(type(self).__name__, ("history", i, "timestamp"),
-                                  "timestamps out of order: purchases must be sorted oldest first",
-                                  str(p.timestamp))
-            prev = p.timestamp
+        stamps = [p.timestamp for p in self.history]  # bounded by max_history: a request, not a data set
+        if any(b < a for a, b in zip(stamps, stamps[1:], strict=False)):
+            self.history = sorted(self.history, key=lambda p: p.timestamp)  # stable: same-instant order kept
+        end = self.as_of if self.as_of is not None else now_utc() + CLOCK_SKEW
+        if self.history and self.history[-1].timestamp > end:
+            known = [p for p in self.history if p.timestamp <= end]
+            self._left_out = len(self.history) - len(known)
+            self.history = known
         return self
 
     def answer_time(self) -> dt.datetime:
         """The as-of instant: the request's `as_of`, else now."""
         return self.as_of or now_utc()
 
+    @property
+    def purchases_left_out(self) -> int:
+        """Purchases of the request after its as-of instant (not used)."""
+        return self._left_out
+
 
 MAX_CURVE_DAYS = 365
-CurveDays = Annotated[int | None, Field(ge=1, le=MAX_CURVE_DAYS, description=(
+CurveDays = Annotated[integer(1, MAX_CURVE_DAYS) | None, Field(description=(
     "also answer `timing.p_buy_curve`: P(a purchase within d days) for every d = 1..curve_days (omit: no curve)"))]
 
 
@@ -130,36 +188,50 @@ class TimingRequest(CustomerHistory):
     curve_days: CurveDays = None
 
 
+AttributeValue = Annotated[str, Field(strict=True)] | Finite
+
+
 class DiscountRequest(CustomerHistory):
     """Which discount, if any, pays for this customer?"""
 
-    attributes: dict[str, str | Finite] = Field(
+    attributes: dict[str, AttributeValue] = Field(
         default_factory=dict, description="static customer attributes the uplift model uses (e.g. region)")
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": 
         {"customer_id": "c-123", "history": EXAMPLE_HISTORY, "attributes": EXAMPLE_ATTRIBUTES,
          "as_of": "2024-12-01T00:00:00"}})
 
 
+# the contract's own type and range of each named application field; a credit model's needs make the ones it
+# reads required (and a categorical one an enum of its levels), see offerlab.serving.openapi
+Level = Annotated[str, Field(strict=True, max_length=64)]
+TermMonths, Age, ExistingCredits = integer(1, 120), integer(18, 120), integer(0, 100)
+Years = Annotated[float, Field(strict=True, ge=0, le=80, allow_inf_nan=False)]
+APPLICATION_FIELDS: dict[str, tuple[object, str]] = {
+    "requested_amount": (Amount, "amount asked for / basket value"),
+    "income": (Amount, "annual income"),
+    "term_months": (TermMonths, "instalment term asked for (months)"),
+    "age": (Age, "applicant's age (years)"),
+    "employment_years": (Years, "years in employment"),
+    "housing": (Level, "housing situation"),
+    "purpose": (Level, "what the credit is for"),
+    "existing_credits": (ExistingCredits, "credits already running"),
+}
+ExtraValue = Annotated[str, Field(strict=True)] | Finite | None
+
+
 class Application(BaseModel):
     """A credit application; fields the model was trained on (others allowed for models trained elsewhere)."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"example": EXAMPLE_APPLICATION})
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"example": EXAMPLE_APPLICATION})
+    __pydantic_extra__: dict[str, ExtraValue] = Field(init=False)
     requested_amount: Amount | None = Field(None, description="amount asked for / basket value")
     income: Amount | None = Field(None, description="annual income")
-    term_months: int | None = Field(None, ge=1, le=120)
-    age: int | None = Field(None, ge=18, le=120)
-    employment_years: Annotated[float, Field(ge=0, le=80, allow_inf_nan=False)] | None = None
-    housing: str | None = Field(None, max_length=64)
-    purpose: str | None = Field(None, max_length=64)
-    existing_credits: int | None = Field(None, ge=0, le=100)
-
-    @model_validator(mode="after")
-    def _extra_values(self) -> Application:
-        for k, v in (self.model_extra or {}).items():
-            ok = isinstance(v, str | int | float | None) and not isinstance(v, bool)
-            if not ok or (isinstance(v, float) and v != v or v in (float("inf"), float("-inf"))):
-                raise field_error("Application", (k,), "must be a finite number, a string or null", v)
-        return self
+    term_months: TermMonths | None = None
+    age: Age | None = None
+    employment_years: Years | None = None
+    housing: Level | None = None
+    purpose: Level | None = None
+    existing_credits: ExistingCredits | None = None
 
     def fields(self) -> dict[str, object]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -272,12 +344,52 @@ class CreditAnswer(BaseModel):
 
 class OffersAnswer(BaseModel):
     customer_id: str
-    timing: TimingAnswer
+    timing: TimingAnswer | None = Field(description="null when no purchase of the request is on or before as_of "
+                                        "(the timing model answers from a purchase history)")
     discount: DiscountAnswer
     credit: CreditAnswer | None = Field(description="null when the request had no application")
-    model_ms: float = Field(description="longest model compute among the parts (they run in parallel)")
+    purchases_used: int = Field(description="purchases of the request on or before as_of, which the answers used "
+                                "(later ones are not known at as_of and are left out)")
+    model_ms: float = Field(description="model compute of the parts: the longest when they run in parallel "
+                            "(`Offers`), their sum in one process (`OffersLocal`)")
 
 
-class Readiness(BaseModel):
-    ready: bool
-    models: dict[str, str] = Field(description="family -> loaded model URI and version")
+# --------------------------------------------------------------------------------------------- errors
+class ErrorItem(BaseModel):
+    """One refused field: where (`loc`, from the body's root) and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    loc: list[str | int] = Field(description="path of the field in the body, e.g. [\"history\", 0, \"amount\"]")
+    msg: str
+    type: str = Field(description="kind of error (pydantic's error type, or json_invalid)")
+
+
+class InvalidRequest(BaseModel):
+    """400: the body is not valid JSON or breaks the contract; every refused field is named."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: str
+    detail: list[ErrorItem]
+
+
+class ErrorMessage(BaseModel):
+    """An error answer with one message (401, 405, 415, 500, 503)."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: str
+
+
+class TooLarge(BaseModel):
+    """413: the body is over the size limit, which is named."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: str
+    limit_bytes: int = Field(description="the limit (`OFFERLAB_MAX_BODY_BYTES`)")
+
+
+def invalid_body(e: ValidationError) -> dict:
+    """The 400 body (`InvalidRequest`) of a validation error: fields and messages, never the values sent."""
+    detail = [{"loc": list(d["loc"]), "msg": d["msg"], "type": d["type"]}
+              for d in e.errors(include_url=False, include_context=False, include_input=False)]
+    n = len(detail)
+    return {"error": f"{n} validation error{'s' if n != 1 else ''} for {e.title}", "detail": detail}

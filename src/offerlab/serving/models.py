@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from pydantic_core import PydanticCustomError
 
 from offerlab.registry import CHAMPION, alias_uri
 from offerlab.serving.contracts import (
+    FEATURE_BOUND,
     CategoryProbability,
     CreditAnswer,
     CreditRequest,
@@ -35,6 +37,7 @@ from offerlab.serving.contracts import (
     TimingAnswer,
     TimingRequest,
     field_error,
+    parse_instant,
 )
 from offerlab.serving.fastpath import behaviour_cached, credit_logit, histories, uplift_matrix
 
@@ -115,8 +118,14 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 3)
 
 
+LAST_DATE = dt.datetime(9999, 12, 31)
+
+
 def _date(as_of: dt.datetime, days: float) -> dt.date | None:
-    return (as_of + dt.timedelta(days=float(days))).date() if np.isfinite(days) and days < 3.6e6 else None
+    """as_of + days as a date; None for never (infinite) and for dates past the calendar's end (9999-12-31)."""
+    if not np.isfinite(days) or days > (LAST_DATE - as_of).days:
+        return None
+    return (as_of + dt.timedelta(days=float(days))).date()
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -138,6 +147,14 @@ class TimingAdapter:
 
     def validate(self, reqs: list[CustomerHistory]) -> None:
         _check_categories(reqs, self.predictor.categories, "TimingRequest")
+        empty = [i for i, r in enumerate(reqs) if not r.history]
+        if empty:
+            raise field_error("TimingRequest", ("history",), "no purchase on or before as_of: the timing model "
+                              f"answers from a purchase history (batch item {empty[0]})")
+
+    def needs(self) -> dict:
+        """What a request must carry for this model: the purchase categories it knows (None: any)."""
+        return {"categories": list(self.predictor.categories) or None}
 
     def predict(self, reqs: list[TimingRequest]) -> list[TimingAnswer]:
         """One batch: histories -> GRU states -> every answer from one set of mixture parameters per member.
@@ -272,6 +289,12 @@ def explore_levels(greedy: np.ndarray, n_levels: int, eps: float, rng: np.random
     return given, prob
 
 
+# a feature further than this many training standard deviations from the training mean is read at this distance:
+# the synthetic training sets reach ~8; far beyond it the revenue head's exp overflows (a 1e9-day attribute gave
+# inf - inf = NaN profits), and no model answer out there means anything anyway (the credit encoder clips at 5)
+UPLIFT_Z_CLIP = 10.0
+
+
 @dataclass
 class UpliftAdapter:
     """The uplift model and campaign policy behind `DiscountRequest` -> `DiscountAnswer`.
@@ -315,6 +338,26 @@ class UpliftAdapter:
                  f", exploration share {eps:g}" if eps > 0 else "")
         return cls(pm.model, policy, version, price, eps, np.random.default_rng(seed) if eps > 0 else None)
 
+    def needs(self) -> dict:
+        """The attributes this model reads (the columns its history features do not give): a categorical one is
+        required with its training levels; a number is optional (missing = the training mean), and `<x>_days`
+        may come as a date `<x>` instead."""
+        enc = self.model.encoder
+        cols = enc.raw_columns
+        probe = CustomerHistory.model_construct(customer_id="probe", history=[], as_of=dt.datetime(2000, 1, 1))
+        from_history = set(behaviour_cached(histories([probe]), _windows(cols), _categories(cols)))
+        attributes: dict[str, dict] = {}
+        for name in cols:
+            if name in from_history:
+                continue
+            if name in enc.categorical:
+                attributes[name] = {"kind": "category", "levels": [str(v) for v in enc.categorical[name]]}
+            else:
+                attributes[name] = {"kind": "number"}
+                if name.endswith("_days"):
+                    attributes[name.removesuffix("_days")] = {"kind": "date", "for": name}
+        return {"attributes": attributes}
+
     def columns(self, reqs: list[DiscountRequest]) -> dict[str, np.ndarray]:
         """The model's raw feature columns (history features + attributes) as numpy arrays, checked."""
         enc = self.model.encoder
@@ -355,7 +398,10 @@ class UpliftAdapter:
 
     def predict(self, reqs: list[DiscountRequest]) -> list[DiscountAnswer]:
         t0 = time.perf_counter()
-        pred = self.model.predict_levels(uplift_matrix(self.model.encoder, self.columns(reqs)))
+        x = uplift_matrix(self.model.encoder, self.columns(reqs))
+        k = len(self.model.encoder.numeric)  # numbers first, then one-hot levels
+        np.clip(x[:, :k], -UPLIFT_Z_CLIP, UPLIFT_Z_CLIP, out=x[:, :k])
+        pred = self.model.predict_levels(x)
         levels = list(self.model.levels)
         profit, spend = self.policy.level_matrices(pred["revenue"], levels, self.model.discounts)
         choice, greedy, prob = self.choose(profit, spend)
@@ -377,15 +423,16 @@ def _number(v: object, req: DiscountRequest, name: str) -> float:
     if v is None and name.endswith("_days") and name.removesuffix("_days") in req.attributes:
         raw = req.attributes[name.removesuffix("_days")]
         try:
-            when = pd.Timestamp(raw)
-        except (ValueError, TypeError):
-            raise field_error("DiscountRequest", ("attributes", name.removesuffix("_days")),
-                              "must be a date", raw) from None
-        return (pd.Timestamp(req.answer_time()) - when.tz_localize(None)) / pd.Timedelta(days=1)
+            when = parse_instant(raw, day_allowed=True)
+        except PydanticCustomError as e:
+            raise field_error("DiscountRequest", ("attributes", name.removesuffix("_days")), e.message(), raw) from None
+        return (req.answer_time() - when) / dt.timedelta(days=1)
     if v is None:
         return float("nan")
     if isinstance(v, str):
         raise field_error("DiscountRequest", ("attributes", name), "must be a number", v)
+    if not abs(v) <= FEATURE_BOUND:
+        raise field_error("DiscountRequest", ("attributes", name), f"must be within +-{FEATURE_BOUND:g}", v)
     return float(v)
 
 
@@ -401,6 +448,25 @@ class CreditAdapter:
     def load(cls, uri: str | None = None) -> CreditAdapter:
         pm, version = load_python_model(uri or model_uri("credit"))
         return cls(pm.model, version)
+
+    def needs(self) -> dict:
+        """The application fields this model reads, all required (categorical ones with their training levels and
+        the most common as `typical`, numbers with their training median), and those its terms read if given."""
+        enc = self.model.encoder
+        fields: dict[str, dict] = {}
+        for c in self.model.feature_columns:
+            if c.startswith("beh_"):
+                continue
+            if c in enc.categorical:
+                fields[c] = {"kind": "category", "levels": [str(v) for v in enc.vocab[c]], "required": True,
+                             "typical": str(enc.reference[c])}
+            else:
+                fields[c] = {"kind": "number", "required": True, "typical": float(enc.reference[c])}
+        terms = (self.model.decision or _default_decision()).terms
+        for c in (terms.income_column, terms.amount_column):
+            if c and c not in fields:
+                fields[c] = {"kind": "number", "required": False}
+        return {"application": fields}
 
     def applications(self, reqs: list[CreditRequest]) -> dict[str, np.ndarray]:
         """The application fields the model and the terms read, as numpy columns, checked (4xx naming the field)."""
@@ -426,6 +492,9 @@ class CreditAdapter:
                 bad = [v for v in values if isinstance(v, str | bytes) or not isinstance(v, int | float)]
                 if bad:
                     raise field_error("CreditRequest", ("application", c), "must be a number", bad[0])
+                big = [v for v in values if not abs(v) <= FEATURE_BOUND]
+                if big:
+                    raise field_error("CreditRequest", ("application", c), f"must be within +-{FEATURE_BOUND:g}", big[0])
                 apps[c] = np.array(values, dtype=np.float64)
         terms = (self.model.decision or _default_decision()).terms
         for c in (terms.income_column, terms.amount_column):  # what the limit rules read, NaN where not given
