@@ -221,3 +221,45 @@ def test_model_beats_personal_frequency_on_synthetic() -> None:
     assert ours["time_recall_7d"] > ptop["time_recall_7d"]
     assert ours["recall_at_10"] > ptop["recall_at_10"]
     assert report["oracle"]["recall_at_10"] >= ours["recall_at_10"] - 0.02
+
+
+# ------------------------------------------------------------------------------------------------ served with timing
+@pytest.mark.slow
+def test_timing_pyfunc_answers_with_the_basket(data: S.SynthData, mlflow_store, tmp_path) -> None:
+    import json
+
+    import mlflow
+
+    from offerlab.timing.basket import fit_and_score
+    from offerlab.timing.pyfunc import log_pyfunc
+    from offerlab.timing.train import BasketBlock, fit_timing, load_config
+    from offerlab.tracking import start_run
+
+    basket, metrics = fit_and_score(data.lines, "2024-10-31", "2024-12-31", BasketBlock(epochs=2).settings())
+    assert 0.0 <= metrics["time_recall_30d"] <= 1.0 and metrics["customers_with_basket"] > 0
+    cfg = load_config(None, {"training": {"seeds": [0], "max_epochs": 1, "validation_days": 0},
+                             "model": {"hidden": 8, "n_components": 2, "category_dim": 4},
+                             "data": {"same_day": "keep"}, "trainer": {"enable_progress_bar": False}})
+    predictor, _ = fit_timing(data.transactions, "2024-12-31", cfg, progress=False)
+    with start_run("timing", "basket-test") as run:
+        log_pyfunc(predictor, tmp_path, basket=basket)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    counts = data.lines.groupby("customer_id").size()
+    two = counts.index[counts.to_numpy().argsort()[-2:]]
+    lines = data.lines[data.lines["customer_id"].isin(two)]
+    out = model.predict(lines.drop(columns=["item_name"]), params={"as_of": "2024-12-31", "n_samples": 10})
+    assert set(out["customer_id"]) == set(two)
+    as_orders = orders_from_lines(lines_from_rows(lines))[["customer_id", "timestamp", "amount", "category"]]
+    orders = model.predict(as_orders, params={"as_of": "2024-12-31", "n_samples": 10})
+    np.testing.assert_allclose(out.sort_values("customer_id")["p_within_30d"],
+                               orders.sort_values("customer_id")["p_within_30d"], rtol=1e-6)  # lines -> same orders
+    assert "basket" not in orders.columns  # a history without items answers as before
+    for _, row in out.iterrows():
+        items = json.loads(row["basket"])
+        assert len(items) <= basket.cfg.max_items
+        for it in items:
+            assert it["item_id"] in set(basket.items) and it["quantity"] >= 1 and it["p_30d"] >= basket.cfg.min_p
+            assert it["due_date"] is None or it["due_date"] >= "2025-01-01"
+        if items:
+            assert "2025-01-01" <= row["reminder_date"] <= "2025-01-31"
+            assert row["basket_value"] == pytest.approx(sum(it["expected_value"] for it in items))

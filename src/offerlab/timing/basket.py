@@ -68,12 +68,17 @@ class Lines:
     has_amount: bool = True
 
     @classmethod
-    def from_frame(cls, lines: pd.DataFrame, items: pd.Index | None = None) -> Lines:
+    def from_frame(cls, lines: pd.DataFrame, items: pd.Index | None = None,
+                   item_categories: np.ndarray | None = None) -> Lines:
+        """`items` (and their `item_categories`, names): a fitted model's catalogue; lines of other items are
+        left out (the model cannot score them)."""
         df = lines.sort_values(["customer_id", "timestamp", "order_id"], kind="stable")
-        customers = pd.Index(pd.unique(df["customer_id"]))
-        cust = customers.get_indexer(df["customer_id"])
         if items is None:
             items = pd.Index(np.sort(pd.unique(df["item_id"])))
+        else:
+            df = df[items.get_indexer(df["item_id"]) >= 0]
+        customers = pd.Index(pd.unique(df["customer_id"]))
+        cust = customers.get_indexer(df["customer_id"])
         item = items.get_indexer(df["item_id"])
         order = pd.factorize(df["order_id"].to_numpy())[0]
         qty = df["quantity"].to_numpy(dtype=float) if "quantity" in df.columns else np.ones(len(df))
@@ -81,7 +86,9 @@ class Lines:
         cat = np.full(len(items), -1, dtype=np.int64)
         names = None
         known = item >= 0
-        if "category" in df.columns:
+        if item_categories is not None:
+            cat = np.asarray(item_categories, dtype=np.int64)
+        elif "category" in df.columns:
             codes, _ = pd.factorize(df["category"])
             cat[item[known]] = codes[known]
         if "item_name" in df.columns:
@@ -127,10 +134,46 @@ class Candidates:
     extra: dict = field(default_factory=dict)
 
 
+def population_stats(L: Lines, hist: np.ndarray) -> dict:
+    """What the population's history says of each item (popularity, repeat ratio, median days per unit, the
+    co-bought matrix P(j in a basket | i in it)) and of baskets (median gap): computed once at fit time and kept
+    with the model, so one customer's answer uses the population it was trained on."""
+    n_item = len(L.items)
+    c, i, t, q = L.cust[hist], L.item[hist], L.t[hist], L.qty[hist]
+    key = c.astype(np.int64) * n_item + i
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    start = np.r_[0, np.flatnonzero(k[1:] != k[:-1]) + 1] if len(k) else np.zeros(0, np.int64)
+    end = np.r_[start[1:], len(k)]
+    pi = (k[start] % n_item) if len(k) else np.zeros(0, np.int64)
+    n = (end - start).astype(float)
+    ts, qs = t[order], q[order]
+    q_sum = np.add.reduceat(qs, start) if len(start) else np.zeros(0)
+    span = ts[end - 1] - ts[start] if len(start) else np.zeros(0)
+    unit_gap = np.where(n > 1, span / np.maximum(q_sum - qs[end - 1], 1), np.nan)
+    buyers = np.bincount(pi, minlength=n_item).astype(float)
+    repeaters = np.bincount(pi[n > 1], minlength=n_item).astype(float)
+    n_baskets = len(np.unique(L.order[hist]))
+    popularity = (np.bincount(pi, weights=n, minlength=n_item) + 1.0) / (n_baskets + n_item)
+    pop_gap = pd.Series(unit_gap).groupby(pi).median().reindex(range(n_item)).to_numpy()
+    fallback = float(np.nanmedian(unit_gap)) if np.isfinite(unit_gap).any() else 30.0
+    basket_items = sp.csr_matrix((np.ones(int(hist.sum())), (L.order[hist], i)), shape=(int(L.order.max()) + 1, n_item))
+    basket_items.data[:] = 1.0
+    co = (basket_items.T @ basket_items).tocsr().astype(float)
+    co.setdiag(0.0)
+    co.eliminate_zeros()
+    co = (sp.diags(1.0 / np.maximum(np.asarray(basket_items.sum(axis=0)).ravel(), 1.0)) @ co).tocsr()
+    gaps = _baskets(L, hist, len(L.customers))["gap"]
+    return {"popularity": popularity, "repeat_ratio": np.where(buyers > 0, repeaters / np.maximum(buyers, 1), 0.0),
+            "pop_gap": np.where(np.isnan(pop_gap), fallback, pop_gap), "co": co,
+            "median_basket_gap": float(np.nanmedian(gaps)) if np.isfinite(gaps).any() else 30.0}
+
+
 def candidates(L: Lines, cut: np.ndarray, *, max_own: int = 50, n_popular: int = 20, n_cobought: int = 10,
-               customers: np.ndarray | None = None) -> Candidates:
+               customers: np.ndarray | None = None, population: dict | None = None) -> Candidates:
     """The bounded candidates of every customer with a cut (`cut[c]` in days; nan: skip) and their features, from
-    the lines strictly before the cut."""
+    the lines strictly before the cut (and the population's item statistics: `population_stats` of the same
+    history unless given)."""
     n_cust, n_item = len(L.customers), len(L.items)
     hist = L.before(cut)
     if customers is not None:
@@ -139,6 +182,7 @@ def candidates(L: Lines, cut: np.ndarray, *, max_own: int = 50, n_popular: int =
         hist &= keep[L.cust]
     b = _baskets(L, hist, n_cust)
     active = b["n"] > 0
+    pop = population if population is not None else population_stats(L, hist)
     c, i, t, q = L.cust[hist], L.item[hist], L.t[hist], L.qty[hist]
     uv = L.unit_value[hist]
     # --- pairs: one group per (customer, item), lines sorted by customer then time
@@ -157,14 +201,7 @@ def candidates(L: Lines, cut: np.ndarray, *, max_own: int = 50, n_popular: int =
     unit_v = uv[order][end - 1]
     item_gap = np.where(n > 1, (last_t - first_t) / np.maximum(n - 1, 1), np.nan)
     unit_gap = np.where(n > 1, (last_t - first_t) / np.maximum(q_sum - last_q, 1), np.nan)
-    # --- population statistics of each item at this cut
-    buyers = np.bincount(pi, minlength=n_item).astype(float)
-    repeaters = np.bincount(pi[n > 1], minlength=n_item).astype(float)
-    baskets_with = np.bincount(pi, weights=n, minlength=n_item)
-    popularity = (baskets_with + 1.0) / (b["n"].sum() + n_item)
-    repeat_ratio = np.where(buyers > 0, repeaters / np.maximum(buyers, 1), 0.0)
-    pop_gap = pd.Series(unit_gap).groupby(pi).median().reindex(range(n_item)).to_numpy()
-    pop_gap = np.where(np.isnan(pop_gap), np.nanmedian(unit_gap) if np.isfinite(unit_gap).any() else 30.0, pop_gap)
+    popularity, repeat_ratio, pop_gap, co = pop["popularity"], pop["repeat_ratio"], pop["pop_gap"], pop["co"]
     # --- the customer's own items, capped by decayed frequency
     rank = pd.Series(-decayed).groupby(pc).rank(method="first").to_numpy()
     own = rank <= max_own
@@ -172,11 +209,6 @@ def candidates(L: Lines, cut: np.ndarray, *, max_own: int = 50, n_popular: int =
     last_basket = hist & (L.t == b["last"][L.cust])
     lb = sp.csr_matrix((np.ones(last_basket.sum()), (L.cust[last_basket], L.item[last_basket])), shape=(n_cust, n_item))
     lb.data[:] = 1.0
-    basket_items = sp.csr_matrix((np.ones(hist.sum()), (L.order[hist], i)), shape=(int(L.order.max()) + 1, n_item))
-    basket_items.data[:] = 1.0
-    co = (basket_items.T @ basket_items).tocsr().astype(float)
-    co.setdiag(0.0)
-    co = sp.diags(1.0 / np.maximum(np.asarray(basket_items.sum(axis=0)).ravel(), 1.0)) @ co
     bought = sp.csr_matrix((np.ones(len(pc)), (pc, pi)), shape=(n_cust, n_item))
     cob_all = (lb @ co).tocsr()
     ex_c, ex_i, ex_s = _explore(cob_all, bought, active, popularity, n_popular, n_cobought)
@@ -199,8 +231,7 @@ def candidates(L: Lines, cut: np.ndarray, *, max_own: int = 50, n_popular: int =
     expected_due = np.maximum(g["last_q"] * per_unit, 0.5)
     nb = b["n"][cc].astype(float)
     since_basket = cut_c - b["last"][cc]
-    mean_gap = np.where(np.isnan(b["gap"][cc]), np.nanmedian(b["gap"][active]) if np.isfinite(b["gap"][active]).any()
-                        else 30.0, b["gap"][cc])
+    mean_gap = np.where(np.isnan(b["gap"][cc]), pop["median_basket_gap"], b["gap"][cc])
     cat_share = _category_share(L, hist, n_cust)[cc, np.maximum(L.item_category[ii], 0)] if (
         L.item_category >= 0).any() else np.zeros(len(cc))
     repeat_share = _repeat_share(pc, n, n_cust)[cc]
@@ -290,6 +321,42 @@ def label(L: Lines, cand: Candidates, cut: np.ndarray, *, target_order: np.ndarr
     return cand
 
 
+def listwise_loss(z: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Mean over groups with a positive of -mean_{i positive} log softmax_group(z)_i (ListNet's top-one loss with
+    the positives' uniform distribution as the target)."""
+    z, y, group = z[keep], y[keep], group[keep]
+    _, g = torch.unique(group, return_inverse=True)
+    n_g = int(g.max()) + 1 if len(g) else 0
+    if n_g == 0:
+        return z.sum() * 0.0
+    top = torch.full((n_g,), -torch.inf, dtype=z.dtype).scatter_reduce(0, g, z.detach(), "amax")
+    lse = top + torch.log(torch.zeros(n_g, dtype=z.dtype).index_add(0, g, torch.exp(z - top[g])))
+    n_pos = torch.zeros(n_g, dtype=z.dtype).index_add(0, g, y)
+    per = torch.zeros(n_g, dtype=z.dtype).index_add(0, g, y * (lse[g] - z)) / n_pos.clamp(min=1.0)
+    has = n_pos > 0
+    return per[has].mean() if has.any() else z.sum() * 0.0
+
+
+class GroupBatches(torch.utils.data.Sampler):
+    """Batches of whole groups (one customer at one cut), about `batch_size` rows, in a new order each epoch."""
+
+    def __init__(self, group: np.ndarray, batch_size: int, seed: int):
+        starts = np.r_[0, np.flatnonzero(group[1:] != group[:-1]) + 1]
+        self.bounds = np.c_[starts, np.r_[starts[1:], len(group)]]
+        self.batch_size, self.rng = batch_size, np.random.default_rng(seed)
+
+    def __iter__(self):
+        b = self.bounds[self.rng.permutation(len(self.bounds))]
+        sizes = np.cumsum(b[:, 1] - b[:, 0])
+        cuts = np.searchsorted(sizes, np.arange(self.batch_size, sizes[-1] + self.batch_size, self.batch_size))
+        for part in np.split(b, np.unique(np.minimum(cuts + 1, len(b)))[:-1]):
+            if len(part):
+                yield torch.from_numpy(np.concatenate([np.arange(lo, hi) for lo, hi in part]))
+
+    def __len__(self) -> int:
+        return max(1, int(np.ceil((self.bounds[:, 1] - self.bounds[:, 0]).sum() / self.batch_size)))
+
+
 class BasketNet(pl.LightningModule):
     """MLP from the candidate features to logits of [next basket, within h for h in HORIZONS]."""
 
@@ -308,9 +375,12 @@ class BasketNet(pl.LightningModule):
         return self.net((x - self.mu) / self.sd)
 
     def training_step(self, batch, _):
-        x, y, m = batch
-        loss = nn.functional.binary_cross_entropy_with_logits(self(x), y, weight=m, reduction="sum")
-        loss = loss / m.sum().clamp(min=1.0)
+        x, y, m, g = batch
+        z = self(x)
+        bce = nn.functional.binary_cross_entropy_with_logits(z[:, 1:], y[:, 1:], weight=m[:, 1:], reduction="sum")
+        loss = bce / m[:, 1:].sum().clamp(min=1.0)
+        if m[:, 0].any():  # next basket: listwise, a softmax over each cut's candidates (the ranking is the answer)
+            loss = loss + listwise_loss(z[:, 0], y[:, 0], m[:, 0] > 0, g)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
@@ -345,6 +415,8 @@ class BasketModel:
         self.items: pd.Index | None = None
         self.item_names: np.ndarray | None = None
         self.fit_report: dict = {}
+        self.item_categories: np.ndarray | None = None
+        self.population: dict | None = None
 
     # ------------------------------------------------------------------------------------------- training
     def training_set(self, L: Lines, *, protocol: str, end: float | np.ndarray) -> Candidates:
@@ -353,6 +425,10 @@ class BasketModel:
         end - k x spacing (k = 1..n_cuts), labelled by windows that close by `end`."""
         n_cust = len(L.customers)
         parts = []
+        ends = np.broadcast_to(np.asarray(end, dtype=float), (n_cust,))
+        # the item statistics of the whole history before the end, for every cut as for prediction (features alike
+        # in training and scoring; the held-out part is never in them)
+        self.population = population_stats(L, L.t < ends[L.cust])
         if protocol == "next":
             in_hist = L.t < np.broadcast_to(np.asarray(end, dtype=float), (n_cust,))[L.cust]
             o = L.order[in_hist]
@@ -367,42 +443,52 @@ class BasketModel:
                 target = np.full(n_cust, -1, np.int64)
                 target[bc[sel]] = bo[sel]
                 cand = candidates(L, cut, max_own=self.cfg.max_own, n_popular=self.cfg.n_popular,
-                                  n_cobought=self.cfg.n_cobought, customers=bc[sel])
+                                  n_cobought=self.cfg.n_cobought, customers=bc[sel], population=self.population)
                 parts.append(label(L, cand, cut, target_order=target))
+                parts[-1].extra["group"] = len(parts) * n_cust + cand.cust
         elif protocol == "window":
             for k in range(1, self.cfg.n_cuts + 1):
                 cut = np.full(n_cust, float(end) - k * self.cfg.cut_spacing_days)
                 cand = candidates(L, cut, max_own=self.cfg.max_own, n_popular=self.cfg.n_popular,
-                                  n_cobought=self.cfg.n_cobought)
+                                  n_cobought=self.cfg.n_cobought, population=self.population)
                 parts.append(label(L, cand, cut, data_end=float(end)))
+                parts[-1].extra["group"] = len(parts) * n_cust + cand.cust
         else:
             raise ValueError(f"unknown protocol {protocol!r}: next or window")
         return Candidates(
             np.concatenate([p.cust for p in parts]), np.concatenate([p.item for p in parts]),
             np.concatenate([p.x for p in parts]), np.concatenate([p.explore for p in parts]),
             np.concatenate([p.last_qty for p in parts]), np.concatenate([p.unit_value for p in parts]),
-            np.concatenate([p.y for p in parts]), np.concatenate([p.mask for p in parts]))
+            np.concatenate([p.y for p in parts]), np.concatenate([p.mask for p in parts]),
+            {"group": np.concatenate([p.extra["group"] for p in parts])})
 
     def fit(self, L: Lines, *, protocol: str, end: float | np.ndarray, progress: bool = False) -> BasketModel:
         cfg = self.cfg
         pl.seed_everything(cfg.seed, workers=False, verbose=False)
         data = self.training_set(L, protocol=protocol, end=end)
+        group = data.extra["group"]
         rows = np.arange(len(data.cust))
-        if len(rows) > cfg.max_train_rows:
-            rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.max_train_rows, replace=False))
+        if len(rows) > cfg.max_train_rows:  # whole groups, at random
+            ids = np.unique(group)
+            frac = cfg.max_train_rows / len(rows)
+            chosen = np.random.default_rng(cfg.seed).random(len(ids)) < frac
+            rows = rows[np.isin(group, ids[chosen])]
         x = torch.from_numpy(np.nan_to_num(data.x[rows]))
         net = BasketNet(x.shape[1], cfg.hidden, lr=cfg.lr)
         net.mu.copy_(x.mean(0))
         net.sd.copy_(x.std(0).clamp(min=1e-3))
-        ds = torch.utils.data.TensorDataset(x, torch.from_numpy(data.y[rows]), torch.from_numpy(data.mask[rows]))
-        dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(cfg.seed))
+        ds = torch.utils.data.TensorDataset(x, torch.from_numpy(data.y[rows]), torch.from_numpy(data.mask[rows]),
+                                            torch.from_numpy(group[rows]))
+        # whole batches by one index array (in-memory tensors, no per-row fetch), whole groups in each
+        dl = torch.utils.data.DataLoader(ds, sampler=GroupBatches(group[rows], cfg.batch_size, cfg.seed),
+                                         batch_size=None)
         trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False)
         trainer.fit(net, dl)
         self.net = net.eval()
         self.items = L.items
         self.item_names = L.item_names
+        self.item_categories = L.item_category
         pos = data.y[rows] * data.mask[rows]
         self.fit_report = {"protocol": protocol, "rows": int(len(rows)), "customers": int(len(np.unique(data.cust))),
                            "positive_rate": (pos.sum(0) / np.maximum(data.mask[rows].sum(0), 1)).round(4).tolist()}
@@ -414,7 +500,7 @@ class BasketModel:
         if self.net is None:
             raise RuntimeError("the basket model is not fitted")
         cand = candidates(L, cut, max_own=self.cfg.max_own, n_popular=self.cfg.n_popular,
-                          n_cobought=self.cfg.n_cobought)
+                          n_cobought=self.cfg.n_cobought, population=self.population)
         out = []
         with torch.no_grad():
             for s in range(0, len(cand.cust), 262_144):
@@ -423,6 +509,43 @@ class BasketModel:
         cand.extra["p_next"] = p[:, 0]
         cand.extra["p_within"] = np.maximum.accumulate(p[:, 1:], axis=1)
         return cand
+
+
+    def lines(self, frame: pd.DataFrame) -> Lines:
+        """A frame of order lines coded with this model's catalogue (other items left out)."""
+        return Lines.from_frame(frame, items=self.items, item_categories=self.item_categories)
+
+    def state(self) -> dict:
+        """Everything needed to rebuild the fitted model (`from_state`), as tensors, arrays and plain values."""
+        pop = dict(self.population)
+        co = pop.pop("co").tocoo()
+        return {"cfg": vars(self.cfg), "hparams": dict(self.net.hparams), "state_dict": self.net.state_dict(),
+                "items": list(self.items), "item_names": None if self.item_names is None else list(self.item_names),
+                "item_categories": self.item_categories.tolist(), "population": pop,
+                "co": (co.row.tolist(), co.col.tolist(), co.data.tolist(), co.shape), "fit_report": self.fit_report}
+
+    @classmethod
+    def from_state(cls, blob: dict) -> BasketModel:
+        m = cls(BasketConfig(**blob["cfg"]))
+        m.net = BasketNet(**blob["hparams"])
+        m.net.load_state_dict(blob["state_dict"])
+        m.net.eval()
+        m.items = pd.Index(blob["items"])
+        m.item_names = None if blob["item_names"] is None else np.asarray(blob["item_names"], dtype=object)
+        m.item_categories = np.asarray(blob["item_categories"], dtype=np.int64)
+        r, c, v, shape = blob["co"]
+        m.population = {**{k: np.asarray(x) if isinstance(x, list | np.ndarray) else x
+                           for k, x in blob["population"].items()},
+                        "co": sp.csr_matrix((v, (r, c)), shape=tuple(shape))}
+        m.fit_report = blob.get("fit_report", {})
+        return m
+
+    def save(self, path) -> None:
+        torch.save(self.state(), path)
+
+    @classmethod
+    def load(cls, path) -> BasketModel:
+        return cls.from_state(torch.load(path, weights_only=False))
 
 
 def cumulative_at(p_within: np.ndarray, d: np.ndarray | float) -> np.ndarray:
@@ -485,3 +608,39 @@ def baskets(cand: Candidates, customers: pd.Index, items: pd.Index, as_of: pd.Ti
         "p_30d": p.astype(float), "due_date": (start + pd.to_timedelta(due, unit="D")).normalize(),
         "expected_value": np.where(np.isnan(uv), np.nan, value),
     })
+
+
+def fit_and_score(lines: pd.DataFrame, calibration_end: str | pd.Timestamp, holdout_end: str | pd.Timestamp,
+                  cfg: BasketConfig) -> tuple[BasketModel, dict[str, float]]:
+    """Fit on the lines up to the calibration end (the timing model's cut) and score the top 10 by P(within 7 and
+    30 days) against what each customer bought in the holdout's first 7 and 30 days, beside personal top frequency;
+    plus the share of customers with a prepared basket and its mean size."""
+    from offerlab.timing import basket_peers
+    from offerlab.timing.basket_bench import top_k_candidates, truth_matrix, window_metrics
+
+    end = pd.Timestamp(holdout_end).normalize() + pd.Timedelta(days=1)
+    cut_ts = pd.Timestamp(calibration_end).normalize() + pd.Timedelta(days=1)
+    L = Lines.from_frame(lines[lines["timestamp"] < end])
+    cut_day = float(days(pd.Series([cut_ts]))[0])
+    model = BasketModel(cfg).fit(L, protocol="window", end=cut_day)
+    cut = np.full(len(L.customers), cut_day)
+    pred = model.predict(L, cut)
+    hist = L.before(cut)
+    active = np.flatnonzero(np.bincount(L.cust[hist], minlength=len(L.customers)) > 0)
+    ptop = basket_peers.p_topfreq(L, hist)
+    fill = np.argsort(-basket_peers.g_topfreq(L, hist)[0])
+    out: dict[str, float] = {}
+    for w in (7, 30):
+        tm = truth_matrix(L, (L.t >= cut_day) & (L.t < cut_day + w), active)
+        top = top_k_candidates(pred.cust, pred.item, pred.extra["p_within"][:, HORIZONS.index(w)], active, 10, fill)
+        ours = window_metrics(top, tm, f"{w}d")
+        peer = window_metrics(np.argsort(-ptop[active], axis=1)[:, :10], tm, f"{w}d")
+        out[f"time_recall_{w}d"] = ours[f"time_recall_{w}d"]
+        out[f"time_recall_{w}d_p_topfreq"] = peer[f"time_recall_{w}d"]
+    b = baskets(pred, L.customers, L.items, cut_ts, cfg.min_p, cfg.max_items, model.item_names)
+    out["customers_with_basket"] = float(b["customer_id"].nunique() / max(len(active), 1))
+    out["mean_basket_items"] = float(b.groupby("customer_id").size().mean()) if len(b) else 0.0
+    log.info("basket: recall@10 of the next 7 / 30 days %.3f / %.3f (personal top frequency %.3f / %.3f)",
+             out["time_recall_7d"], out["time_recall_30d"], out["time_recall_7d_p_topfreq"],
+             out["time_recall_30d_p_topfreq"])
+    return model, out

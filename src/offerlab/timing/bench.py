@@ -49,6 +49,25 @@ def load_bench_data(dataset: str, data_path: str | None = None, mapping: str | N
     return load_dataset(dataset, data_path, mapping), None
 
 
+def load_bench_lines(dataset: str, synth_dir: str | None = None, customers: int = 20_000, seed: int = 0, *,
+                     spec: str | None = None, spec_set: dict | None = None) -> pd.DataFrame | None:
+    """The order lines (items) of the same data, where it has them: the synthetic marketplace's, a data spec's
+    line-level transactions file (item_id mapped); else None (the timing model is trained without a basket)."""
+    if spec is not None or dataset == "spec":
+        from offerlab.data.spec import SpecData
+
+        sd = SpecData.load(spec, spec_set)
+        return sd.table("lines") if "item_id" in sd.spec.tables["transactions"].columns else None
+    if dataset == "synth":
+        from offerlab.data.synth import FILES, generate
+
+        if synth_dir:
+            path = Path(synth_dir) / FILES["lines"]
+            return pd.read_parquet(path) if path.is_file() else None
+        return generate(customers, seed=seed).lines
+    return None
+
+
 def split_dates(dataset: str, transactions: pd.DataFrame, calibration_end: str | None,
                 holdout_end: str | None) -> tuple[str, str]:
     """The protocol's dates for known data sets; a user's data must name them (or they are refused)."""
@@ -200,6 +219,7 @@ def run_bench(dataset: str, out: str | Path, *, data_path: str | None = None, ma
             }
             if truth is not None:
                 extra["oracle"] = oracle_block(model, tx, truth, cal, end, pred, truth_table)
+            extra["categories"] = category_accuracy(model, calib, tx, cal, end)
     peers = [m for m in results if m not in ("offerlab", "naive")]
     report = {
         "task": "timing",
@@ -213,10 +233,42 @@ def run_bench(dataset: str, out: str | Path, *, data_path: str | None = None, ma
         "seconds": seconds,
         "training": extra.get("offerlab_training"),
         "best_peer": _best_peer(results, peers),
+        "top3_categories": extra.get("categories"),
         "config": cfg.model_dump(mode="json", exclude={"trainer_profiles"}),
     }
     _write_json_atomic(report, Path(out))
     return report
+
+
+def category_accuracy(model: NeuralTPP, calib: pd.DataFrame, tx: pd.DataFrame, cal: str, end: str) -> dict | None:
+    """How often the category of each customer's first holdout purchase is among the timing model's top 3, against
+    the customer's own 3 most frequent categories (filled with the most popular) and the 3 most popular ones."""
+    p = model.predictor
+    if not p.categories or "category" not in tx.columns:
+        return None
+    probs = p.category_probs(model.state)
+    cats = np.asarray(p.categories, dtype=object)
+    ours = pd.DataFrame(cats[np.argsort(-probs, axis=1)[:, :3]], index=pd.Index(model.state.customer_ids))
+    hold = tx[(tx["timestamp"] > end_of_day(cal)) & (tx["timestamp"] <= end_of_day(end))]
+    first = hold.sort_values("timestamp", kind="stable").drop_duplicates("customer_id").set_index("customer_id")
+    first = first["category"][first.index.isin(ours.index)]
+    if first.empty:
+        return None
+    pop = calib["category"].value_counts().index[:3].tolist()
+    counts = calib.groupby(["customer_id", "category"]).size().rename("n").reset_index()
+    counts["rank"] = counts.groupby("customer_id")["n"].rank(method="first", ascending=False) - 1
+    fill = pd.DataFrame({"customer_id": np.repeat(first.index.to_numpy(), 3), "category": pop * len(first),
+                         "rank": np.tile(np.arange(3.0, 6.0), len(first))})
+    lists = pd.concat([counts.loc[counts["rank"] < 3, ["customer_id", "category", "rank"]], fill])
+    lists = lists.sort_values(["customer_id", "rank"], kind="stable").drop_duplicates(["customer_id", "category"])
+    lists = lists[lists.groupby("customer_id").cumcount() < 3]
+    target = first.rename("category").reset_index()
+    own_hit = len(target.merge(lists, on=["customer_id", "category"])) / len(target)
+    ours_long = ours.loc[first.index].reset_index(names="customer_id").melt("customer_id", value_name="category")
+    return {"customers": int(len(first)),
+            "offerlab_top3_hit": len(target.merge(ours_long, on=["customer_id", "category"])) / len(target),
+            "personal_top3_hit": own_hit, "popular_top3_hit": float(first.isin(pop).mean()),
+            "offerlab_top1_hit": float(np.mean(ours.loc[first.index, 0].to_numpy() == first.to_numpy()))}
 
 
 def _best_peer(results: dict, peers: list[str]) -> dict:

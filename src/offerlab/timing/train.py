@@ -108,6 +108,28 @@ class CountsConfig(_Strict):
     members: int = Field(1, ge=1, description="independently seeded heads whose answers are averaged")
 
 
+class BasketBlock(_Strict):
+    """The replenishment basket (`offerlab.timing.basket`), trained beside the timing model when the data have
+    order lines (items): on the calibration period, scored on the holdout's first 7 and 30 days."""
+
+    enabled: bool = True
+    epochs: int = Field(4, ge=1)
+    hidden: int = Field(128, ge=4)
+    lr: float = Field(2e-3, gt=0)
+    n_cuts: int = Field(3, ge=1, description="training cut dates, every cut_spacing_days back from the end")
+    cut_spacing_days: int = Field(30, ge=1)
+    max_own: int = Field(50, ge=1, description="a customer's own items kept as candidates (highest decayed frequency)")
+    n_popular: int = Field(20, ge=0)
+    n_cobought: int = Field(10, ge=0)
+    min_p: float = Field(0.3, gt=0, le=1, description="an item enters the basket at P(bought within 30 days) >= min_p")
+    max_items: int = Field(10, ge=1)
+
+    def settings(self, seed: int = 0):
+        from offerlab.timing.basket import BasketConfig
+
+        return BasketConfig(**self.model_dump(exclude={"enabled"}), seed=seed)
+
+
 class TrainerConfig(BaseModel):
     """Lightning Trainer settings; `profile` picks a block of `trainer_profiles`, other keys override it."""
 
@@ -136,6 +158,7 @@ class TimingConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     prediction: PredictionConfig = PredictionConfig()
     counts: CountsConfig = CountsConfig()
+    basket: BasketBlock = BasketBlock()
     trainer: TrainerConfig = TrainerConfig()
     trainer_profiles: dict[str, dict] = Field(default_factory=dict)
     mlflow: MlflowConfig = MlflowConfig()
@@ -389,7 +412,7 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
     import matplotlib.pyplot as plt
     import mlflow
 
-    from offerlab.timing.bench import load_bench_data, oracle_block, split_dates
+    from offerlab.timing.bench import load_bench_data, load_bench_lines, oracle_block, split_dates
     from offerlab.timing.metrics import evaluate_predictions, holdout_truth, horizon_days
     from offerlab.timing.pyfunc import log_pyfunc
     from offerlab.tracking import data_fingerprint, start_run, table_summary
@@ -428,11 +451,20 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
         for name, fig in calibration_plots(pred, holdout, horizon).items():
             mlflow.log_figure(fig, name)
             plt.close(fig)
+        basket, basket_metrics = None, None
+        lines = load_bench_lines(d.dataset, d.synth_dir, d.customers, d.seed, spec=d.spec, spec_set=d.spec_set)
+        if lines is not None and cfg.basket.enabled:
+            from offerlab.timing.basket import fit_and_score
+
+            basket, basket_metrics = fit_and_score(lines, cal, end, cfg.basket.settings(cfg.training.seeds[0]
+                                                                                         if cfg.training.seeds else 0))
+            mlflow.log_metrics({f"basket.{k}": float(v) for k, v in basket_metrics.items()})
         model_uri = None
         if cfg.mlflow.log_model:
             with tempfile.TemporaryDirectory() as tmp:
                 name = "offerlab-timing" if cfg.mlflow.register_model else None
-                model_uri = log_pyfunc(model.predictor, Path(tmp), registered_model_name=name).model_uri
+                model_uri = log_pyfunc(model.predictor, Path(tmp), registered_model_name=name,
+                                       basket=basket).model_uri
     summary = {"run_id": run.info.run_id, "metrics": metrics, "training": fit_metrics, "model_uri": model_uri,
-               "oracle": oracle}
+               "oracle": oracle, "basket": basket_metrics}
     return summary, model, tx
