@@ -41,7 +41,7 @@ FEATURES = (
     "log_n", "share_of_baskets", "log_days_since", "log_item_gap", "has_item_gap", "log_due_ratio", "log_expected_due",
     "log_days_since_basket", "log_mean_gap", "log_n_baskets", "in_last_basket", "log_decayed", "log_popularity",
     "repeat_ratio", "log_pop_unit_gap", "explore", "log_cobought", "category_share", "log_rank", "log_last_qty",
-    "repeat_share", "log_since_over_gap",
+    "repeat_share", "log_since_over_gap", "last_basket_category_share", "log_share_in_category",
 )
 
 
@@ -232,8 +232,12 @@ def candidates(L: Lines, cut: np.ndarray, *, max_own: int = 50, n_popular: int =
     nb = b["n"][cc].astype(float)
     since_basket = cut_c - b["last"][cc]
     mean_gap = np.where(np.isnan(b["gap"][cc]), pop["median_basket_gap"], b["gap"][cc])
-    cat_share = _category_share(L, hist, n_cust)[cc, np.maximum(L.item_category[ii], 0)] if (
-        L.item_category >= 0).any() else np.zeros(len(cc))
+    has_cat = (L.item_category >= 0).any()
+    item_cat = np.maximum(L.item_category[ii], 0)
+    cat_share = _category_share(L, hist, n_cust)[cc, item_cat] if has_cat else np.zeros(len(cc))
+    last_cat_share = _category_share(L, last_basket, n_cust)[cc, item_cat] if has_cat else np.zeros(len(cc))
+    cat_pop = np.bincount(np.maximum(L.item_category, 0), weights=popularity)  # the item's share of its category
+    in_cat = popularity[ii] / np.maximum(cat_pop[item_cat], 1e-12) if has_cat else np.ones(len(cc))
     repeat_share = _repeat_share(pc, n, n_cust)[cc]
     big = np.log1p(3650.0)
     x = np.column_stack([
@@ -244,6 +248,7 @@ def candidates(L: Lines, cut: np.ndarray, *, max_own: int = 50, n_popular: int =
         (~is_ex) & (g["last_t"] == b["last"][cc]), np.log1p(g["decayed"]), np.log(popularity[ii]),
         repeat_ratio[ii], np.log1p(pop_gap[ii]), is_ex, np.log1p(cob), cat_share, np.log1p(g["rank"]),
         np.log1p(g["last_q"]), repeat_share, np.where(is_ex, 0.0, np.log((np.maximum(since, 0) + 1) / (mean_gap + 1))),
+        last_cat_share, np.log(in_cat),
     ]).astype(np.float32)
     srt = np.lexsort((ii, cc))
     return Candidates(cc[srt], ii[srt], x[srt], is_ex[srt], g["last_q"][srt], g["unit_v"][srt])

@@ -8,9 +8,10 @@ Protocols:
 - time-aware: one cut-off date, 30 days before the last day of the data; models see the lines before it; the top 10
   is scored against the items each customer bought within 7 and within 30 days after it (customers with a purchase
   in the window): `time_recall_7d`, `time_recall_30d` and the precisions.
-On synthetic data `oracle` ranks by the truth: each regular item's probability of being due (its true unit cycle,
-the last quantity and time bought, the need noise, given it was not bought at the baskets since), then the
-customer's true one-off item distribution.
+On synthetic data `oracle` ranks by the truth: each item's probability of being in the next basket, from the chance
+that a regular item is due (its true unit cycle, the last quantity and time bought, the need noise, given it was not
+bought at the baskets since) and the one-off process (the next order's category from the customer's true preferences
+and repeat probability, the item by its popularity in the category).
 """
 
 from __future__ import annotations
@@ -151,9 +152,9 @@ def truth_matrix(L: Lines, sel: np.ndarray, rows: np.ndarray) -> sp.csr_matrix:
 
 # ------------------------------------------------------------------------------------------------ oracle
 def oracle_scores(L: Lines, truth: dict, cut: np.ndarray, horizon: float = 0.0) -> np.ndarray:
-    """(customer x item) truth scores at per-customer cut times: P(a regular item is due by cut + horizon | not
-    bought at the baskets since its last purchase), then the one-off distribution (below every due probability
-    it does not beat)."""
+    """(customer x item) truth scores at per-customer cut times: P(the item is in the next basket), from P(a
+    regular item is due by cut + horizon | not bought at the baskets since its last purchase) and the one-off
+    process (the next order's category from the true preferences and repeat probability, items by popularity)."""
     from offerlab.data.synth import ITEM_CATALOGUE
     from offerlab.data.synth_items import NEED_SD
 
@@ -187,16 +188,30 @@ def oracle_scores(L: Lines, truth: dict, cut: np.ndarray, horizon: float = 0.0) 
     due = np.where(np.isnan(t_l), ((start > prev) & (start <= until)).astype(float),
                    (cdf(until) - cdf(prev)) / np.maximum(1.0 - cdf(prev), 1e-12))
     due = np.where((stop <= np.maximum(prev, start)) | ~np.isfinite(cut[c]), 0.0, np.clip(due, 0.0, 1.0))
-    score = np.zeros((n_c, n_i))
     tt = truth["timing"].set_index("customer_id").reindex(L.customers)
     cats = list(ITEM_CATALOGUE["category"].drop_duplicates())
     prefs = tt[[f"p_cat_{k}" for k in cats]].to_numpy()
     cat_of = ITEM_CATALOGUE.set_index("item_id").reindex(L.items)
     code = pd.Categorical(cat_of["category"], categories=cats).codes
-    one_off = prefs[:, code] * cat_of["popularity"].to_numpy()[None, :]
-    score[:] = 1e-3 * one_off  # one-offs rank below every regular item with a real chance of being due
-    np.maximum.at(score, (c, i), due)
-    return score
+    # the next order's category: the last one's with p_repeat_cat, else a fresh draw from the preferences; its
+    # anchor item (when no due item covers it) by popularity in the category, plus the extra one-off
+    tx = truth["transactions"]
+    t_tx = days(tx["timestamp"])
+    c_tx = L.customers.get_indexer(tx["customer_id"])
+    ok_tx = (c_tx >= 0) & (t_tx < np.where(c_tx >= 0, cut[np.maximum(c_tx, 0)], -np.inf))
+    last_cat = pd.Series(pd.Categorical(tx["category"], categories=cats).codes[ok_tx]).groupby(
+        c_tx[ok_tx]).last().reindex(range(n_c)).fillna(-1).to_numpy().astype(int)
+    rep = tt["p_repeat_cat"].to_numpy()
+    p_cat = (1 - rep)[:, None] * prefs
+    has = last_cat >= 0
+    p_cat[np.flatnonzero(has), last_cat[has]] += rep[has]
+    pop = cat_of["popularity"].to_numpy()[None, :]
+    from offerlab.data.synth_items import EXTRA_ONE_OFF_P
+
+    one_off = 1 - (1 - p_cat[:, code] * pop) * (1 - EXTRA_ONE_OFF_P * prefs[:, code] * pop)
+    due_m = np.zeros((n_c, n_i))
+    np.maximum.at(due_m, (c, i), due)
+    return 1 - (1 - due_m) * (1 - one_off)
 
 
 # ------------------------------------------------------------------------------------------------ runs
