@@ -40,7 +40,8 @@ def _own_applications(tmp_path: Path, n: int = 400) -> tuple[Path, Path]:
     return tmp_path / "apps.csv", tmp_path / "map.yaml"
 
 
-def test_bench_on_own_file_writes_design_json(tmp_path):
+def test_bench_on_own_file_writes_design_json(tmp_path, caplog):
+    caplog.set_level("INFO", logger="offerlab")
     data, mapping = _own_applications(tmp_path)
     cfg = _tiny_config(tmp_path, "default.yaml", "evaluation: {peers: [woe_logistic, logistic]}\n")
     out = tmp_path / "res.json"
@@ -55,6 +56,18 @@ def test_bench_on_own_file_writes_design_json(tmp_path):
     assert ours["gini"] == pytest.approx(2 * ours["auc"] - 1)
     assert ours["auc"] > 0.75, res["models"]  # strong signal; a broken pipeline would sit near 0.5
     assert res["oracle"] is None and set(res["seconds"]) == set(res["models"])
+    # fold-level evidence beside the pooled figures: each fold's AUC, and ours paired with each peer
+    assert len(ours["auc_fold"]["values"]) == 5 and ours["auc_fold"]["mean"] == pytest.approx(
+        np.mean(ours["auc_fold"]["values"]))
+    paired = res["paired"]["logistic"]
+    assert paired["auc_difference"] == pytest.approx(ours["auc"] - res["models"]["logistic"]["auc"])
+    assert paired["ci95"][0] < paired["auc_difference"] < paired["ci95"][1] and 0 <= paired["p_value"] <= 1
+    assert paired["fold_differences"] == pytest.approx(np.subtract(ours["auc_fold"]["values"],
+                                                                   res["models"]["logistic"]["auc_fold"]["values"]), abs=1e-5)
+    assert [f["fold"] for f in res["fit"]] == list(range(5)) and res["fit"][0]["candidates"][0]["members"] == 2
+    assert res["machine"]["peak_rss_gb"] > 0 and len(res["machine"]["load_avg_before"]) == 3
+    assert "credit bench on apps (400 applications)" in r.output and "woe_logistic" in r.output  # summary table
+    assert "offerlab fold 1/5: AUC" in caplog.text and "logistic fold 5/5: AUC" in caplog.text  # a line per fold
 
 
 def test_bench_bad_input_is_refused_and_keeps_old_results(tmp_path):

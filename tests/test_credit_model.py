@@ -96,7 +96,7 @@ def test_settings_are_chosen_by_inner_validation_only():
     model = CreditModel(net, {"max_epochs": 5}, seed=0).fit(X, y)
     assert [s["l2_wide"] for s in model.selection] == [0.3, 0.001] and [s["lr"] for s in model.selection] == [0.003, 0.03]
     best = int(np.argmax([s["inner_auc"] for s in model.selection]))
-    assert model.chosen.l2_wide == model.selection[best]["l2_wide"] and len(model.members) == FAST["members"]
+    assert model.chosen.l2_wide == model.selection[best]["l2_wide"] and model.n_members == FAST["members"]
     assert all(0.75 < s["inner_auc"] < 1 for s in model.selection)  # held-out ranking of a strong signal
     with pytest.raises(ValueError, match=r"may not override \['members'\]"):
         NetConfig(select_from=[{"members": 3}])
@@ -118,7 +118,7 @@ def test_blend_of_candidates_is_one_more_inner_option():
     model = CreditModel(net, {"max_epochs": 5}, seed=0).fit(X, y)
     assert [s.get("blend", False) for s in model.selection] == [False, False, True]
     best = int(np.argmax([s["inner_auc"] for s in model.selection]))
-    assert len(model.members) == FAST["members"] * (2 if best == 2 else 1)  # the blend pools both candidates' members
+    assert model.n_members == FAST["members"] * (2 if best == 2 else 1)  # the blend pools both candidates' members
     # cross-fitted calibration: every training row calibrates, the map carried over to the members' average
     assert model.calibration_rows == n and isinstance(model.calibrator, EnsembleRescaled)
     assert model.calibrator.stretch >= 1.0

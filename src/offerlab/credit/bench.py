@@ -28,11 +28,12 @@ from sklearn.model_selection import StratifiedKFold
 from offerlab.credit.baselines import PEERS
 from offerlab.credit.config import CreditConfig
 from offerlab.credit.data import application_features
-from offerlab.credit.metrics import auc, credit_metrics
-from offerlab.credit.model import CreditModel
+from offerlab.credit.metrics import auc, credit_metrics, delong_paired
+from offerlab.credit.model import CreditModel, EpochProgress
 
 log = logging.getLogger(__name__)
 AUC_ORACLE_GAP_TARGET, ECE_TARGET_SYNTH, ECE_TARGET_REAL = 0.01, 0.01, 0.03
+SECONDS_RATIO_TARGET = 3.0  # at 25k applications and more: ours' fit time at most 3x LightGBM's
 
 
 @dataclass
@@ -57,18 +58,49 @@ def _truth_column(truth: pd.DataFrame, ids: pd.Series, column: str) -> np.ndarra
     return values
 
 
+TX_COLUMNS = ("customer_id", "timestamp", "amount", "category")  # what the behaviour features read
+
+
+def read_synth_credit(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(applications, transactions, truth_credit) of a synthetic folder, and nothing else of it.
+
+    Transactions come with only the columns the features read and with customer ids and categories as
+    categoricals (arrow dictionaries): a million customers' 14.7M purchases take about 0.3 GB this way, where
+    every table of the folder with string ids took over 4 GB.
+    """
+    import pyarrow.parquet as pq
+
+    from offerlab.data.synth import FILES
+
+    folder = Path(folder)
+    paths = {name: folder / FILES[name] for name in ("applications", "transactions", "truth_credit")}
+    for name, path in paths.items():
+        if not path.is_file():
+            raise ValueError(f"synthetic data folder {folder}: {FILES[name]} is missing (table '{name}')")
+    have = set(pq.read_schema(paths["transactions"]).names)
+    cols = [c for c in TX_COLUMNS if c in have]
+    tx = pq.read_table(paths["transactions"], columns=cols,
+                       read_dictionary=[c for c in ("customer_id", "category") if c in have]).to_pandas()
+    return pq.read_table(paths["applications"]).to_pandas(), tx, pq.read_table(paths["truth_credit"]).to_pandas()
+
+
 def load_bench_data(cfg: CreditConfig) -> BenchData:
     """The labelled applications the protocol runs on: German credit, synthetic, or a mapped file."""
     d = cfg.data
     if d.dataset == "synth":
-        from offerlab.data.synth import generate, load_synth
+        from offerlab.data.synth import generate
 
-        s = load_synth(d.synth_dir) if d.synth_dir else generate(d.customers, seed=d.seed)
-        apps = s.applications.reset_index(drop=True)
-        true_pd = _truth_column(s.truth_credit, apps["application_id"], "true_pd")
-        oracle_pd, traits_pd = (_truth_column(s.truth_credit, apps["application_id"], c)
+        if d.synth_dir:
+            apps, tx, truth = read_synth_credit(d.synth_dir)
+        else:
+            s = generate(d.customers, seed=d.seed)
+            apps, tx, truth = s.applications, s.transactions, s.truth_credit
+        apps = apps.reset_index(drop=True)
+        true_pd = _truth_column(truth, apps["application_id"], "true_pd")
+        oracle_pd, traits_pd = (_truth_column(truth, apps["application_id"], c)
                                 for c in ("true_pd_observable", "true_pd_traits"))
-        X = application_features(apps, s.transactions)
+        X = application_features(apps, tx)
+        del tx
         return BenchData("synth", apps, X, apps["default"].to_numpy(), true_pd, oracle_pd, traits_pd)
     if d.dataset == "spec":
         from offerlab.data.spec import SpecData
@@ -102,16 +134,25 @@ def load_bench_data(cfg: CreditConfig) -> BenchData:
 
 
 def cross_validate(
-    make: Callable[[], object], X: pd.DataFrame, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
+    make: Callable[[], object], X: pd.DataFrame, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+    name: str = "model", fit_kwargs: dict | None = None, fit_reports: list | None = None,
 ) -> tuple[np.ndarray, list[float], float]:
-    """Pooled out-of-fold PDs, per-fold AUCs and seconds for one model factory."""
+    """Pooled out-of-fold PDs, per-fold AUCs and seconds for one model factory; one log line per fold.
+
+    `fit_kwargs` go to every `fit` (ours: callbacks); a model's `fit_report` is appended to `fit_reports`.
+    """
     t0 = time.perf_counter()
     oof = np.full(len(y), np.nan)
     fold_auc = []
-    for tr, te in folds:
-        model = make().fit(X.iloc[tr], y[tr])
+    for k, (tr, te) in enumerate(folds):
+        t_fold = time.perf_counter()
+        model = make().fit(X.iloc[tr], y[tr], **(fit_kwargs or {}))
         oof[te] = model.predict_pd(X.iloc[te])
         fold_auc.append(auc(y[te], oof[te]))
+        secs = time.perf_counter() - t_fold
+        if fit_reports is not None and hasattr(model, "fit_report"):
+            fit_reports.append({"fold": k, "seconds": round(secs, 1), **model.fit_report})
+        log.info("bench credit: %s fold %d/%d: AUC %.4f, %.1f s", name, k + 1, len(folds), fold_auc[-1], secs)
     return oof, fold_auc, time.perf_counter() - t0
 
 
@@ -123,16 +164,53 @@ def model_factories(cfg: CreditConfig) -> dict[str, Callable[[], object]]:
     return out
 
 
-def run_bench(cfg: CreditConfig) -> dict:
-    """Run the protocol and return the DESIGN.md JSON (as a dict)."""
-    data = load_bench_data(cfg)
+def _peak_rss_gb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)  # Linux: kB
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def run_bench(cfg: CreditConfig, progress: bool | None = None, data: BenchData | None = None) -> dict:
+    """Run the protocol and return the DESIGN.md JSON (as a dict).
+
+    `progress`: a bar over folds x epochs of ours (None: only on a terminal); one log line per fold and model
+    either way. A peer that fails is recorded as failed and the run goes on. The JSON also holds each model's
+    per-fold AUCs, the paired DeLong comparison of ours with each peer, ours' fit per fold, the machine's
+    load average before and after, and the process's peak memory.
+    """
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    load_before, t_start = _load(), time.perf_counter()
+    data = data if data is not None else load_bench_data(cfg)
+    load_seconds, rss_after_load = time.perf_counter() - t_start, _peak_rss_gb()
     e = cfg.evaluation
     folds = list(StratifiedKFold(e.folds, shuffle=True, random_state=e.fold_seed).split(data.X, data.y))
-    models, seconds = {}, {}
+    models, seconds, oofs, fit_reports, failed = {}, {}, {}, [], {}
+    n_fits = CreditModel(cfg.net, cfg.trainer).n_fits()
     for name, make in model_factories(cfg).items():
         log.info("bench credit: %s on %s (%d rows, %d folds)", name, data.name, len(data.y), e.folds)
-        oof, fold_auc, secs = cross_validate(make, data.X, data.y, folds)
-        models[name] = {**credit_metrics(data.y, oof), "auc_fold": {"mean": float(np.mean(fold_auc)), "std": float(np.std(fold_auc))}}
+        ours = name == "offerlab"
+        total = e.folds * n_fits * cfg.trainer.max_epochs
+        with tqdm(total=total, desc=f"{name} (folds x epochs)", unit="epoch", disable=(not ours) or (
+                  None if progress is None else not progress), leave=False) as bar, logging_redirect_tqdm():
+            kwargs = {"callbacks": [EpochProgress(bar, cfg.trainer.max_epochs)]} if ours and not bar.disable else {}
+            try:
+                oof, fold_auc, secs = cross_validate(make, data.X, data.y, folds, name, kwargs,
+                                                     fit_reports if ours else None)
+            except Exception as err:  # a peer that fails on these data is reported, and the run stands
+                if ours:
+                    raise
+                log.warning("bench credit: %s failed: %s", name, err)
+                failed[name] = f"{type(err).__name__}: {err}"[:500]
+                continue
+        oofs[name] = oof
+        models[name] = {**credit_metrics(data.y, oof), "auc_fold": {
+            "mean": float(np.mean(fold_auc)), "std": float(np.std(fold_auc)), "values": [float(a) for a in fold_auc]}}
         seconds[name] = round(secs, 1)
     ours = models["offerlab"]
     peers = {k: v for k, v in models.items() if k != "offerlab"}
@@ -150,6 +228,10 @@ def run_bench(cfg: CreditConfig) -> dict:
         targets.update({"best_peer": best_peer, "auc_minus_best_peer": margin, "ece_max": ece_max})
         if data.true_pd is None:
             targets["met"] = bool(margin >= 0 and ours["ece"] <= ece_max)
+    if "lightgbm" in models:
+        ratio = seconds["offerlab"] / max(seconds["lightgbm"], 1e-9)
+        targets.update({"auc_minus_lightgbm": ours["auc"] - models["lightgbm"]["auc"],
+                        "seconds_over_lightgbm": round(ratio, 2), "seconds_over_lightgbm_max": SECONDS_RATIO_TARGET})
     return {
         "task": "credit",
         "dataset": data.name,
@@ -159,11 +241,27 @@ def run_bench(cfg: CreditConfig) -> dict:
         "default_rate": float(data.y.mean()),
         "features": int(data.X.shape[1]),
         "models": models,
+        "failed": failed,
         "oracle": oracle,
         "targets": targets,
+        "paired": {name: paired_comparison(data.y, oofs["offerlab"], oofs[name], models["offerlab"], models[name])
+                   for name in peers},
         "seconds": seconds,
+        "fit": fit_reports,
+        "machine": {"cpus": os.cpu_count(), "load_avg_before": load_before, "load_avg_after": _load(),
+                    "data_seconds": round(load_seconds, 1), "peak_rss_gb_after_data": rss_after_load,
+                    "peak_rss_gb": _peak_rss_gb()},
         "config": cfg.source,
     }
+
+
+def paired_comparison(y: np.ndarray, ours: np.ndarray, peer: np.ndarray, ours_m: dict, peer_m: dict) -> dict:
+    """Ours minus a peer on the same rows: pooled AUC difference with its DeLong standard error, 95 % interval
+    and two-sided p-value, and the per-fold AUC differences (the fold-level evidence)."""
+    d = delong_paired(y, ours, peer)
+    diffs = np.subtract(ours_m["auc_fold"]["values"], peer_m["auc_fold"]["values"])
+    return {**d, "fold_differences": [round(float(v), 5) for v in diffs], "folds_ours_better": int((diffs > 0).sum()),
+            "fold_difference_mean": float(diffs.mean()), "fold_difference_std": float(diffs.std())}
 
 
 def oracle_report(y: np.ndarray, our_auc: float, pds: dict[str, np.ndarray | None]) -> dict:

@@ -35,8 +35,8 @@ class EvaluationConfig(BaseModel):
     folds: int = Field(5, ge=2)
     fold_seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share for the training run's report")
-    peers: list[Literal["lightgbm", "woe_logistic", "logistic"]] = Field(
-        default_factory=lambda: ["lightgbm", "woe_logistic", "logistic"]
+    peers: list[Literal["lightgbm", "woe_logistic", "optbinning", "logistic"]] = Field(
+        default_factory=lambda: ["lightgbm", "woe_logistic", "optbinning", "logistic"]
     )
 
 

@@ -142,15 +142,37 @@ def _is_categorical(s: pd.Series) -> bool:
 
 @dataclass
 class Encoded:
-    """Arrays the models consume: category indices, continuous numerics and the linear (wide) design."""
+    """Arrays the models consume: category indices, numeric bin indices, continuous numerics, PLE.
+
+    The linear ("wide") design is one-hot categories and one-hot numeric bins; it is kept as indices
+    (`cat`, `bins`) and expanded only on request (`wide`), so a quarter of a million rows stay small.
+    """
 
     cat: np.ndarray  # (n, n_cat) int64, 0 = unseen
     num: np.ndarray  # (n, n_num) float32
-    wide: np.ndarray  # (n, n_wide) float32: one-hot categories + numeric quantile bins
-    ple: np.ndarray | None = None  # (n, n_ple) float32: piecewise-linear encoding of the numerics
+    bins: np.ndarray  # (n, n_num) int64: quantile bin of each numeric (0 .. len(edges))
+    ple: np.ndarray  # (n, n_ple) float32: piecewise-linear encoding of the numerics
+    cat_sizes: tuple[int, ...] = ()  # vocabulary size per categorical field (one-hot width)
+    bin_sizes: tuple[int, ...] = ()  # bins per numeric field
 
     def __len__(self) -> int:
         return len(self.cat)
+
+    def subset(self, idx: np.ndarray) -> Encoded:
+        return Encoded(self.cat[idx], self.num[idx], self.bins[idx], self.ple[idx], self.cat_sizes, self.bin_sizes)
+
+    @property
+    def wide(self) -> np.ndarray:
+        """(n, sum of widths) float32: one-hot categories (unseen = all zero), then one-hot numeric bins."""
+        n, sizes = len(self), (*self.cat_sizes, *self.bin_sizes)
+        out = np.zeros((n, sum(sizes)), dtype=np.float32)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        codes = np.concatenate([self.cat - 1, self.bins], axis=1)  # -1: an unseen level
+        rows = np.repeat(np.arange(n), codes.shape[1])
+        cols = (codes + offsets).ravel()
+        seen = codes.ravel() >= 0
+        out[rows[seen], cols[seen]] = 1.0
+        return out
 
 
 @dataclass
@@ -160,6 +182,7 @@ class FeatureEncoder:
     n_bins: int = 5
     skew_threshold: float = 1.0
     clip: float = 5.0
+    ple: bool = True  # also the piecewise-linear encoding (off: `Encoded.ple` has no columns)
     categorical: list[str] = field(default_factory=list)
     numeric: list[str] = field(default_factory=list)
     vocab: dict[str, list[str]] = field(default_factory=dict)
@@ -190,16 +213,16 @@ class FeatureEncoder:
             if finite.min() >= 0 and np.nan_to_num(skew) > self.skew_threshold:
                 self.log_cols.append(c)
             t = self._transform_num(c, finite)
-            med = float(np.median(t))
-            q25, q75 = np.quantile(t, [0.25, 0.75])
+            grid = np.linspace(0, 1, self.n_bins + 1)
+            q = np.quantile(t, np.concatenate([[0.25, 0.5, 0.75], grid]))  # one partition pass per column
+            q25, med, q75 = (float(v) for v in q[:3])
             sd = float(np.std(t))
             self.center[c] = med
             self.scale[c] = float(q75 - q25) / 1.349 if q75 > q25 else (sd if sd > 0 else 1.0)
             self.fill[c] = med
-            self.reference[c] = float(np.median(finite))
-            inner = np.unique(np.quantile(t, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
-            self.edges[c] = inner
-            self.ple_edges[c] = np.unique(np.quantile(t, np.linspace(0, 1, self.n_bins + 1)))
+            self.reference[c] = float(np.median(finite)) if c in self.log_cols else med
+            self.edges[c] = np.unique(q[4:-1])
+            self.ple_edges[c] = np.unique(q[3:])
         return self
 
     def _transform_num(self, c: str, x: np.ndarray) -> np.ndarray:
@@ -221,7 +244,8 @@ class FeatureEncoder:
         n_cat = len(self.categorical)
         wide = [np.full(len(self.vocab[c]), j) for j, c in enumerate(self.categorical)]
         wide += [np.full(len(self.edges[c]) + 1, n_cat + j) for j, c in enumerate(self.numeric)]
-        ple = [np.full(max(len(self.ple_edges[c]) - 1, 0), n_cat + j) for j, c in enumerate(self.numeric)]
+        ple = [np.full(max(len(self.ple_edges[c]) - 1, 0) if self.ple else 0, n_cat + j)
+               for j, c in enumerate(self.numeric)]
         cat_idx = np.arange(n_cat)
         num_idx = n_cat + np.arange(len(self.numeric))
         empty = np.zeros(0, dtype=np.int64)
@@ -243,32 +267,31 @@ class FeatureEncoder:
         self.check_columns(X)
         n = len(X)
         cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
-        wide_parts = []
         for j, c in enumerate(self.categorical):
             s = X[c].astype("string").fillna("<missing>")
-            idx = pd.Index(self.vocab[c]).get_indexer(s)  # -1 for unseen
-            cat[:, j] = idx + 1
-            onehot = np.zeros((n, len(self.vocab[c])), dtype=np.float32)
-            seen = idx >= 0
-            onehot[np.flatnonzero(seen), idx[seen]] = 1.0
-            wide_parts.append(onehot)
+            cat[:, j] = pd.Index(self.vocab[c]).get_indexer(s) + 1  # 0 for unseen
         num = np.zeros((n, len(self.numeric)), dtype=np.float32)
+        bins = np.zeros((n, len(self.numeric)), dtype=np.int64)
         ple_parts = []
         for j, c in enumerate(self.numeric):
             x = pd.to_numeric(X[c], errors="coerce").to_numpy(dtype="float64")
             t = self._transform_num(c, x)
             t = np.where(np.isfinite(t), t, self.fill[c])
             num[:, j] = np.clip((t - self.center[c]) / self.scale[c], -self.clip, self.clip)
-            b = np.searchsorted(self.edges[c], t, side="right")
-            onehot = np.zeros((n, len(self.edges[c]) + 1), dtype=np.float32)
-            onehot[np.arange(n), b] = 1.0
-            wide_parts.append(onehot)
+            bins[:, j] = np.searchsorted(self.edges[c], t, side="right")
             q = self.ple_edges[c]
-            if len(q) > 1:  # component k rises from 0 to 1 across the k-th quantile interval
+            if self.ple and len(q) > 1:  # component k rises from 0 to 1 across the k-th quantile interval
                 ple_parts.append(np.clip((t[:, None] - q[:-1]) / np.diff(q), 0.0, 1.0).astype(np.float32))
-        wide = np.concatenate(wide_parts, axis=1) if wide_parts else np.zeros((n, 0), np.float32)
         ple = np.concatenate(ple_parts, axis=1) if ple_parts else np.zeros((n, 0), np.float32)
-        return Encoded(cat=cat, num=num, wide=wide, ple=ple)
+        return Encoded(cat, num, bins, ple, self.cat_sizes, self.bin_sizes)
+
+    @property
+    def cat_sizes(self) -> tuple[int, ...]:
+        return tuple(len(self.vocab[c]) for c in self.categorical)
+
+    @property
+    def bin_sizes(self) -> tuple[int, ...]:
+        return tuple(len(self.edges[c]) + 1 for c in self.numeric)
 
     def reference_row(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The typical applicant (mode / median per feature): the baseline reasons are measured against."""

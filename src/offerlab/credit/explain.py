@@ -41,6 +41,9 @@ def reason_groups(columns: list[str], configured: dict[str, list[str]] | None = 
 
 def occlusion_attributions(model, X: pd.DataFrame, groups: dict[str, list[str]]) -> pd.DataFrame:
     """Change in calibrated log-odds when each group is set to the typical applicant's values."""
+    if hasattr(model, "occlusion_logits"):  # the PD model occludes on its encoded arrays: one encoding in all
+        base, occluded = model.occlusion_logits(X, groups)
+        return pd.DataFrame({name: base - logit for name, logit in occluded.items()}, index=X.index)
     base = model.predict_logit(X)
     ref = model.encoder.reference
     out = {}

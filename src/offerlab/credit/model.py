@@ -1,31 +1,45 @@
 """The PD network (wide & deep, Lightning) and `CreditModel`: a calibrated ensemble of it.
 
-Why this shape: credit tables are small (German credit: 1,000 rows) and mostly additive in the
-log-odds, so the network is a linear ("wide") part on one-hot categories and numeric quantile bins
-— a logistic scorecard learned by gradient descent — plus a small MLP over category embeddings and
-the scaled numerics for interactions, both under L2 penalties. Several members are trained, each on the
-training rows minus one inner fold (early-stopped on that fold), and their logits are averaged.
+Why this shape: credit tables are mostly additive in the log-odds, so the network is a linear ("wide")
+part on one-hot categories and numeric quantile bins — a logistic scorecard learned by gradient
+descent — plus a small MLP over category embeddings and the scaled numerics for interactions, both
+under L2 penalties. Several members are trained, each on the training rows minus one inner fold
+(early-stopped on that fold), and their logits are averaged.
 
-Calibration is cross-fitted (`calibration_rows: crossfit`, the default): every training row is held out
-by exactly one inner fold, so the pooled held-out logits calibrate on all rows while all rows also train
-members (on German credit's 800 training rows per fold, setting 20 % aside cost ~0.009 AUC). The map is
-fitted on single members' held-out logits but applied to the average of all members, which is less
-noisy and deserves a steeper slope: `EnsembleRescaled` stretches the average by var(member) /
-var(average) first (checked out of sample: pooled single-member slope x stretch = the average's slope).
-`calibration: none` keeps the average as it is: members early-stopped on log loss are close to calibrated,
-and on a few hundred rows a fitted map adds more error than it removes. The earlier scheme (`holdout`:
-a stratified `calibration_fraction` of the rows set aside and scored by the whole averaged ensemble)
-remains for members on random feature subspaces, where the stretch does not hold. Options: a
-piecewise-linear numeric encoding (`ple`), random feature subspaces per member (`feature_fraction`) and,
-with `select_from`, the blend of all candidates as one more option (`blend`); none helped on German
+Why it is fast: the members are not trained one after the other. `CreditEnsembleNet` holds every
+member's weights stacked along a leading member axis, and one forward pass (batched matrix products,
+one `embedding_bag` for the wide part) gives all members' logits for a batch. Every batch is drawn
+from all training rows and each member's loss is masked to the rows outside its own inner fold, so
+member m still sees exactly its own training rows; each member is validated on its own fold after
+every epoch and keeps its best epoch's weights (early stopping per member; the fit ends when all have
+stopped). The rows stay in memory as tensors (a sampler hands out index batches; no per-row
+Dataset), and the batch size and learning rate grow with the rows (`max_steps_per_epoch`), so an
+epoch over 200,000 rows is a few dozen optimiser steps. On many rows fewer inner folds suffice
+(`scale_rows`, `members_at_scale`): each member then trains on fewer rows, but every row is still
+held out by exactly one fold, so calibration is still fitted on out-of-fold logits of all rows.
+
+Calibration is cross-fitted (`calibration_rows: crossfit`, the default): the pooled held-out logits
+calibrate on all rows while all rows also train members (on German credit's 800 training rows per
+fold, setting 20 % aside cost ~0.009 AUC). The map is fitted on single members' held-out logits but
+applied to the average of all members, which is less noisy and deserves a steeper slope:
+`EnsembleRescaled` stretches the average by var(member) / var(average) first (checked out of sample:
+pooled single-member slope x stretch = the average's slope). `calibration: none` keeps the average as
+it is: members early-stopped on log loss are close to calibrated, and on a few hundred rows a fitted
+map adds more error than it removes. The earlier scheme (`holdout`: a stratified
+`calibration_fraction` of the rows set aside and scored by the whole averaged ensemble) remains for
+members on random feature subspaces, where the stretch does not hold. Options: a piecewise-linear
+numeric encoding (`ple`), random feature subspaces per member (`feature_fraction`) and, with
+`select_from`, the blend of all candidates as one more option (`blend`); none helped on German
 credit, so all are off by default.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+import math
 import pickle
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,13 +52,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from offerlab.credit.calibration import EnsembleRescaled, ensemble_stretch, make_calibrator
 from offerlab.credit.data import Encoded, FeatureEncoder
 from offerlab.credit.monitoring import PopulationProfile
 
 log = logging.getLogger(__name__)
+PREDICT_CHUNK = 65_536  # rows per forward pass when scoring (bounds the activations' memory)
 
 
 class NetConfig(BaseModel):
@@ -58,8 +74,20 @@ class NetConfig(BaseModel):
     l2_wide: float = Field(1e-3, ge=0, description="L2 penalty on the linear part's weights")
     l2_deep: float = Field(1e-3, ge=0, description="L2 penalty on the MLP and embedding weights")
     batch_size: int = Field(128, ge=8)
-    patience: int = Field(15, ge=1, description="epochs without validation improvement before stopping")
+    max_steps_per_epoch: int | None = Field(
+        50, ge=1,
+        description="at most this many optimiser steps per epoch: on more rows than batch_size x this, the batch "
+                    "grows to rows / this and the learning rate by the square root of that growth (at most lr_max); "
+                    "null: batch_size and lr as they are, whatever the rows",
+    )
+    lr_max: float = Field(0.03, gt=0, description="cap of the grown learning rate (max_steps_per_epoch)")
+    patience: int = Field(15, ge=1, description="epochs without validation improvement before a member stops")
     members: int = Field(5, ge=1, description="inner folds of the training rows; one member set per fold")
+    scale_rows: int | None = Field(
+        100_000, ge=1,
+        description="from this many training rows on, members_at_scale inner folds instead of members (null: never)",
+    )
+    members_at_scale: int = Field(3, ge=2, description="inner folds on scale_rows or more training rows")
     seeds_per_fold: int = Field(1, ge=1, description="members per inner fold (different seeds), averaged")
     n_bins: int = Field(5, ge=2, description="quantile bins per numeric feature in the linear part")
     calibration: Literal["platt", "temperature", "isotonic", "none"] = "platt"
@@ -76,6 +104,9 @@ class NetConfig(BaseModel):
     ple: bool = Field(False, description="also feed a piecewise-linear numeric encoding to both parts")
     feature_fraction: float = Field(1.0, gt=0, le=1, description="share of features each member sees (random subspace); "
                                     "below 1 calibrate with calibration_rows: holdout")
+    threads: int | None = Field(
+        1, ge=1, description="torch CPU threads while fitting (null: torch's default); one, since the stacked "
+                             "members' ops are small and two threads on two shared cores ran ~10x slower under load")
     blend: bool = Field(
         False, description="with select_from: the average of all candidates' members is one more option, kept "
                            "when its inner cross-validated AUC is the best",
@@ -89,8 +120,8 @@ class NetConfig(BaseModel):
     @field_validator("select_from")
     @classmethod
     def _candidates_valid(cls, v: list[dict]) -> list[dict]:
-        fixed = {"select_from", "blend", "members", "n_bins", "calibration", "calibration_rows",
-                 "calibration_fraction"}  # shared by all candidates
+        fixed = {"select_from", "blend", "members", "scale_rows", "members_at_scale", "n_bins", "calibration",
+                 "calibration_rows", "calibration_fraction", "threads"}  # shared by all candidates
         for i, over in enumerate(v):
             bad = sorted(set(over) & fixed)
             if bad:
@@ -102,6 +133,17 @@ class NetConfig(BaseModel):
         """The settings `fit` chooses among (just this one when `select_from` is empty)."""
         base = self.model_dump(exclude={"select_from", "blend"})
         return [NetConfig(**{**base, **over}) for over in self.select_from] or [NetConfig(**base)]
+
+    def inner_folds(self, rows: int) -> int:
+        """Inner folds (member sets) for this many training rows."""
+        return self.members_at_scale if self.scale_rows is not None and rows >= self.scale_rows else self.members
+
+    def step_size(self, rows: int) -> tuple[int, float]:
+        """(batch size, learning rate) for this many rows per member: grown where the rows are many."""
+        if self.max_steps_per_epoch is None or rows <= self.batch_size * self.max_steps_per_epoch:
+            return self.batch_size, self.lr
+        batch = math.ceil(rows / self.max_steps_per_epoch)
+        return batch, min(self.lr * math.sqrt(batch / self.batch_size), max(self.lr_max, self.lr))
 
 
 def _overridden(cfg: NetConfig) -> set[str]:
@@ -121,117 +163,280 @@ class TrainerConfig(BaseModel):
     deterministic: bool = False
 
 
-class CreditNet(pl.LightningModule):
-    """logit = wide([one-hot, bins, numerics]) + MLP([embeddings, numerics])."""
+# -- the stacked network ----------------------------------------------------------------------------
+class _Rows(Dataset):
+    """Training rows as in-memory tensors, indexed by a whole batch of row numbers at a time."""
 
-    def __init__(self, cardinalities: list[int], n_num: int, n_wide: int, cfg: dict, prior_logit: float = 0.0,
-                 n_ple: int = 0):
+    def __init__(self, widx: torch.Tensor, cat: torch.Tensor, cont: torch.Tensor, y: torch.Tensor, fold: torch.Tensor):
+        self.widx, self.cat, self.cont, self.y, self.fold = widx, cat, cont, y, fold
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.widx[idx], self.cat[idx], self.cont[idx], self.y[idx], self.fold[idx]
+
+
+class _Batches(Sampler):
+    """Each epoch a fresh permutation of the rows, cut into index batches (one DataLoader item per step)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.drop_last = n > batch_size and n % batch_size < batch_size // 2  # no tiny, noisy last step
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        batches = torch.randperm(self.n, generator=self.generator).split(self.batch_size)
+        yield from batches[: len(self)]
+
+
+def _seen(rows: int) -> torch.Tensor:
+    """(1, rows, 1) mask that zeroes row 0 (the unseen level) of a stacked embedding table."""
+    mask = torch.ones(1, rows, 1)
+    mask[0, 0] = 0.0
+    return mask
+
+
+def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> torch.Tensor:
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
+class CreditEnsembleNet(pl.LightningModule):
+    """Several members of the wide & deep PD net as one module; every weight carries the member as an axis.
+
+    Member m: logit = wide_m(one-hot categories and numeric bins, numerics) + MLP_m([embeddings, numerics]).
+    The wide part is one weight per (level or bin, member), summed by `embedding_bag` over a row's fields
+    (an unseen level points at row 0, the padding row, which adds nothing: the one-hot row of zeros); an
+    unseen level's embedding is zero too; the MLP's layers are
+    (member, in, out) weights applied by batched matrix products. Member m trains on the rows whose inner fold
+    is not `member_fold[m]` and is validated on the rows of that fold.
+    """
+
+    def __init__(self, cat_sizes: list[int], bin_sizes: list[int], n_num: int, n_ple: int, cfg: dict,
+                 member_fold: list[int], prior_logit: float = 0.0, seed: int = 0, keep: np.ndarray | None = None,
+                 ple_feature: np.ndarray | None = None):
         super().__init__()
-        self.save_hyperparameters()
         c = NetConfig(**cfg)
         self.cfg = c
-        dims = [min(c.emb_dim, (k + 2) // 2) for k in cardinalities]
-        self.embeddings = nn.ModuleList(nn.Embedding(k + 1, d) for k, d in zip(cardinalities, dims, strict=True))
-        self.n_ple = n_ple if c.ple else 0
-        self.wide = nn.Linear(n_wide + n_num + self.n_ple, 1)
-        nn.init.zeros_(self.wide.weight)
-        nn.init.constant_(self.wide.bias, prior_logit)
-        layers: list[nn.Module] = []
-        width = sum(dims) + n_num + self.n_ple
-        for h in c.hidden:
-            layers += [nn.Linear(width, h), nn.SiLU(), nn.Dropout(c.dropout)]
-            width = h
-        self.deep = None
-        if c.hidden:
-            out = nn.Linear(width, 1)
-            nn.init.zeros_(out.weight)  # start as the pure linear model; the MLP adds only what pays
-            nn.init.zeros_(out.bias)
-            self.deep = nn.Sequential(*layers, out)
-        # which inputs this member may use (random subspace); all by default
-        self.register_buffer("keep_cat", torch.ones(len(cardinalities)))
-        self.register_buffer("keep_num", torch.ones(n_num))
-        self.register_buffer("keep_wide", torch.ones(n_wide))
-        self.register_buffer("keep_ple", torch.ones(self.n_ple))
+        m = len(member_fold)
+        self.n_members = m
+        g = torch.Generator().manual_seed(seed)
+        self.use_ple = bool(c.ple and n_ple)
+        n_cont = n_num + (n_ple if self.use_ple else 0)
+        widths = list(cat_sizes) + list(bin_sizes)
+        self.n_cat = len(cat_sizes)
+        self.register_buffer("member_fold", torch.as_tensor(member_fold, dtype=torch.long))
+        # row 0 of the wide table is the padding row (unseen levels); field j's block starts at offset j
+        self.register_buffer("wide_offset", torch.as_tensor(1 + np.concatenate([[0], np.cumsum(widths)[:-1]]),
+                                                            dtype=torch.long))
+        self.register_buffer("best_epoch", torch.full((m,), -1, dtype=torch.long))  # per member (set by the fit)
+        self.wide = nn.Parameter(torch.zeros(1 + sum(widths), m))  # (levels, members): embedding_bag's layout
+        self.wide_cont = nn.Parameter(torch.zeros(m, n_cont))
+        self.bias = nn.Parameter(torch.full((m,), float(prior_logit)))
+        self.deep = bool(c.hidden)
+        dims = [min(c.emb_dim, (k + 2) // 2) for k in cat_sizes] if self.deep else []
+        self.embeddings = nn.ParameterList(nn.Parameter(torch.randn((m, k + 1, d), generator=g) * _seen(k + 1))
+                                           for k, d in zip(cat_sizes, dims, strict=False))
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        layer_widths = [sum(dims) + n_cont, *c.hidden]
+        for a, b in zip(layer_widths[:-1], layer_widths[1:], strict=True):  # nn.Linear's default initialisation
+            self.weights.append(nn.Parameter(_uniform((m, a, b), 1 / math.sqrt(a), g)))
+            self.biases.append(nn.Parameter(_uniform((m, 1, b), 1 / math.sqrt(a), g)))
+        if self.deep:  # the output starts at zero: the pure linear model; the MLP adds only what pays
+            self.out_w = nn.Parameter(torch.zeros(m, layer_widths[-1], 1))
+            self.out_b = nn.Parameter(torch.zeros(m, 1, 1))
+        self._masks(keep, len(cat_sizes), widths, n_num, n_ple, ple_feature)
+        self.rows: _Rows | None = None
+        self.val_folds: list[torch.Tensor] = []
+        self.val_member_loss: torch.Tensor | None = None
 
-    def restrict_features(self, keep: np.ndarray, index: dict[str, np.ndarray]) -> None:
-        """Use only the features flagged in `keep` (bool per feature); `index` maps columns to features."""
-        for name in ("cat", "num", "wide", "ple"):
-            buf = getattr(self, f"keep_{name}")
-            if len(buf):
-                buf.copy_(torch.as_tensor(keep[index[name]][: len(buf)], dtype=buf.dtype))
+    def _masks(self, keep: np.ndarray | None, n_cat: int, widths: list[int], n_num: int, n_ple: int,
+               ple_feature: np.ndarray | None) -> None:
+        """Random feature subspaces: which inputs each member may use (None: all of them)."""
+        self.restricted = keep is not None
+        if keep is None:
+            for name in ("keep_wide", "keep_cat", "keep_cont"):
+                self.register_buffer(name, None)
+            return
+        keep = torch.as_tensor(keep, dtype=torch.float32)  # (members, features): categoricals, then numerics
+        wide_feature = np.concatenate([[0], np.repeat(np.arange(len(widths)), widths)])  # the padding row: any
+        cont_feature = np.arange(n_cat, n_cat + n_num)
+        if self.use_ple:
+            cont_feature = np.concatenate([cont_feature, np.asarray(ple_feature, dtype=np.int64)[:n_ple]])
+        self.register_buffer("keep_wide", keep[:, wide_feature].T.contiguous())
+        self.register_buffer("keep_cat", keep[:, :n_cat].contiguous())
+        self.register_buffer("keep_cont", keep[:, cont_feature].contiguous())
 
-    def forward(self, cat: torch.Tensor, num: torch.Tensor, wide: torch.Tensor, ple: torch.Tensor) -> torch.Tensor:
-        num = num * self.keep_num
-        cont = torch.cat([num, ple * self.keep_ple], dim=1) if self.n_ple else num
-        logit = self.wide(torch.cat([wide * self.keep_wide, cont], dim=1)).squeeze(-1)
-        if self.deep is not None:
-            embs = [e(cat[:, j]) * self.keep_cat[j] for j, e in enumerate(self.embeddings)]
-            logit = logit + self.deep(torch.cat([*embs, cont], dim=1)).squeeze(-1)
-        return logit
+    # -- inputs and forward pass ----------------------------------------------------------------
+    def inputs(self, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(wide indices, category codes, continuous inputs) tensors of encoded rows."""
+        cat = torch.as_tensor(enc.cat, dtype=torch.long)
+        off = self.wide_offset.cpu()
+        widx = torch.cat([torch.where(cat > 0, cat - 1 + off[: self.n_cat], 0),
+                          torch.as_tensor(enc.bins, dtype=torch.long) + off[self.n_cat:]], dim=1)
+        cont = torch.as_tensor(enc.num, dtype=torch.float32)
+        if self.use_ple:
+            cont = torch.cat([cont, torch.as_tensor(enc.ple, dtype=torch.float32)], dim=1)
+        return widx, cat, cont
 
-    def _penalty(self) -> torch.Tensor:
-        pen = self.cfg.l2_wide * self.wide.weight.pow(2).sum()
-        if self.deep is not None:
-            deep_w = [m.weight for m in self.deep if isinstance(m, nn.Linear)] + [e.weight for e in self.embeddings]
-            pen = pen + self.cfg.l2_deep * sum(w.pow(2).sum() for w in deep_w)
+    def forward(self, widx: torch.Tensor, cat: torch.Tensor, cont: torch.Tensor,
+                members: slice = slice(None)) -> torch.Tensor:
+        """(members, rows) logits; `members` picks a contiguous range of them."""
+        wide = self.wide[:, members]
+        if self.restricted:
+            wide = wide * self.keep_wide[:, members]
+        logit = F.embedding_bag(widx, wide, mode="sum", padding_idx=0).T + self.bias[members, None]  # (m, rows)
+        xc = cont.unsqueeze(0)  # (1, rows, n_cont), broadcast over members
+        if self.restricted:
+            xc = xc * self.keep_cont[members].unsqueeze(1)
+            logit = logit + (xc @ self.wide_cont[members].unsqueeze(-1)).squeeze(-1)
+        else:
+            logit = logit + (cont @ self.wide_cont[members].T).T
+        if not self.deep:
+            return logit
+        m = len(range(self.n_members)[members])
+        embs = [e[members].index_select(1, cat[:, j]) for j, e in enumerate(self.embeddings)]  # (m, rows, d_j)
+        if self.restricted:
+            embs = [v * self.keep_cat[members, j, None, None] for j, v in enumerate(embs)]
+        h = torch.cat([*embs, xc.expand(m, -1, -1)], dim=-1)
+        for w, b in zip(self.weights, self.biases, strict=True):
+            h = F.dropout(F.silu(torch.baddbmm(b[members], h, w[members])), self.cfg.dropout, self.training)
+        return logit + torch.baddbmm(self.out_b[members], h, self.out_w[members]).squeeze(-1)
+
+    def penalty(self) -> torch.Tensor:
+        pen = self.cfg.l2_wide * (self.wide.pow(2).sum() + self.wide_cont.pow(2).sum())
+        if self.deep:
+            deep = [*self.weights, self.out_w, *self.embeddings]
+            pen = pen + self.cfg.l2_deep * sum(w.pow(2).sum() for w in deep)
         return pen
 
+    def member_axis(self, name: str) -> int:
+        return 1 if name == "wide" else 0
+
+    def fold_members(self, k: int) -> slice:
+        """The members validated on inner fold k (contiguous: members are ordered by fold)."""
+        idx = torch.nonzero(self.member_fold.cpu() == k).ravel()
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+
+    @torch.no_grad()
+    def member_logits(self, enc: Encoded, members: slice = slice(None)) -> np.ndarray:
+        """(members, rows) float64 logits of encoded rows, scored in chunks in eval mode."""
+        was_training = self.training
+        self.eval()
+        widx, cat, cont = self.inputs(enc)
+        out = [self(*(t[i:i + PREDICT_CHUNK].to(self.device) for t in (widx, cat, cont)), members=members).cpu()
+               for i in range(0, len(widx), PREDICT_CHUNK)]
+        self.train(was_training)
+        m = len(range(self.n_members)[members])
+        return torch.cat(out, dim=1).double().numpy() if out else np.zeros((m, 0))
+
+    # -- Lightning hooks ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        *x, y = batch
-        loss = nn.functional.binary_cross_entropy_with_logits(self(*x), y)
-        self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(y))
-        return loss + self._penalty()
+        widx, cat, cont, y, fold = batch
+        logit = self(widx, cat, cont)
+        mask = (fold.unsqueeze(0) != self.member_fold.unsqueeze(1)).to(logit.dtype)  # member m: rows outside its fold
+        bce = F.binary_cross_entropy_with_logits(logit, y.unsqueeze(0).expand_as(logit), reduction="none")
+        loss = (bce * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        self.log("train_loss", loss.mean(), on_epoch=True, on_step=False, batch_size=len(y))
+        return loss.sum() + self.penalty()
 
     def validation_step(self, batch, batch_idx):
-        *x, y = batch
-        loss = nn.functional.binary_cross_entropy_with_logits(self(*x), y)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y))
+        """Every member's loss on its own inner fold (the whole validation in one step, on every rank)."""
+        rows, losses = self.rows, torch.zeros(self.n_members, device=self.device)
+        for k, va in enumerate(self.val_folds):
+            sl = self.fold_members(k)
+            total = torch.zeros(sl.stop - sl.start, device=self.device)
+            for i in range(0, len(va), PREDICT_CHUNK):
+                idx = va[i:i + PREDICT_CHUNK]
+                widx, cat, cont, y, _ = (t.to(self.device) for t in rows[idx])
+                logit = self(widx, cat, cont, members=sl)
+                total += F.binary_cross_entropy_with_logits(logit, y.unsqueeze(0).expand_as(logit),
+                                                            reduction="none").sum(1)
+            losses[sl] = total / max(len(va), 1)
+        self.val_member_loss = losses.detach().cpu()
+        self.log("val_loss", losses.mean(), on_epoch=True, prog_bar=True, batch_size=1)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.fit_lr)
 
 
-class KeepBestWeights(pl.Callback):
-    """Early stopping that keeps the best epoch's weights in memory (no checkpoint files)."""
+class KeepBestMembers(pl.Callback):
+    """Early stopping per member, with each member's best epoch's weights kept in memory (no checkpoints).
+
+    A member stops counting once `patience` epochs pass without improving its own validation loss; its
+    weights at its best epoch are restored at the end. The fit ends when every member has stopped.
+    """
 
     def __init__(self, patience: int):
-        self.patience, self.best, self.state, self.wait = patience, float("inf"), None, 0
+        self.patience = patience
+        self.best: torch.Tensor | None = None
+        self.wait: torch.Tensor | None = None
+        self.state: dict[str, torch.Tensor] = {}
 
-    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+    def on_validation_end(self, trainer: pl.Trainer, module: CreditEnsembleNet) -> None:
+        if trainer.sanity_checking or module.val_member_loss is None:
             return
-        loss = float(trainer.callback_metrics["val_loss"])
-        if loss < self.best - 1e-5:
-            self.best, self.wait = loss, 0
-            self.state = copy.deepcopy(module.state_dict())
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                trainer.should_stop = True
+        loss = module.val_member_loss
+        if self.best is None:
+            self.best = torch.full_like(loss, float("inf"))
+            self.wait = torch.zeros(len(loss), dtype=torch.long)
+            self.state = {n: p.detach().clone() for n, p in module.named_parameters()}
+        active = self.wait < self.patience
+        better = active & (loss < self.best - 1e-5)
+        if better.any():
+            idx = torch.nonzero(better).ravel()
+            for name, p in module.named_parameters():
+                ax = module.member_axis(name)
+                self.state[name].index_copy_(ax, idx.to(p.device), p.detach().index_select(ax, idx.to(p.device)))
+            module.best_epoch[idx.to(module.best_epoch.device)] = trainer.current_epoch
+        self.best = torch.where(better, loss, self.best)
+        self.wait = torch.where(better, torch.zeros_like(self.wait), self.wait + active.long())
+        if bool((self.wait >= self.patience).all()):
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: pl.Trainer, module: CreditEnsembleNet) -> None:
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if name in self.state:
+                    p.copy_(self.state[name])
+
+
+class EpochProgress(pl.Callback):
+    """Moves a tqdm bar one step per epoch; a fit that stops early moves it past the epochs it did not need."""
+
+    def __init__(self, bar, max_epochs: int):
+        self.bar, self.max_epochs, self.done = bar, max_epochs, 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.done += 1
+        self.bar.update(1)
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self.state is not None:
-            module.load_state_dict(self.state)
+        self.bar.update(max(self.max_epochs - self.done, 0))
+        self.done = 0
 
 
-def _tensors(e: Encoded, y: np.ndarray | None = None) -> list[torch.Tensor]:
-    ple = e.ple if e.ple is not None else np.zeros((len(e.cat), 0), np.float32)
-    out = [torch.as_tensor(e.cat), torch.as_tensor(e.num), torch.as_tensor(e.wide), torch.as_tensor(ple)]
-    if y is not None:
-        out.append(torch.as_tensor(np.asarray(y, dtype=np.float32)))
-    return out
-
-
-def _subset(e: Encoded, idx: np.ndarray) -> Encoded:
-    return Encoded(cat=e.cat[idx], num=e.num[idx], wide=e.wide[idx], ple=None if e.ple is None else e.ple[idx])
+@contextmanager
+def _torch_threads(n: int | None):
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass
 class _InnerFit:
-    """One setting's members on the inner folds (one group per fold) and their cross-fitted held-out logits."""
+    """One setting's stacked members on the inner folds and their cross-fitted held-out logits."""
 
     held: np.ndarray  # per row: mean logit of the members of the fold that held it out (NaN: none did)
-    groups: list[list[CreditNet]] = field(default_factory=list)
+    stacks: list[CreditEnsembleNet] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
 
     def auc(self, y: np.ndarray) -> float:
         mask = ~np.isnan(self.held)
@@ -240,8 +445,7 @@ class _InnerFit:
     @staticmethod
     def average(fits: list[_InnerFit]) -> _InnerFit:
         """The blend of several settings trained on the same folds: held-out logits averaged, members pooled."""
-        return _InnerFit(held=np.mean([f.held for f in fits], axis=0),
-                         groups=[[net for f in fits for net in f.groups[k]] for k in range(len(fits[0].groups))])
+        return _InnerFit(held=np.mean([f.held for f in fits], axis=0), stacks=[s for f in fits for s in f.stacks])
 
 
 class CreditModel:
@@ -256,49 +460,67 @@ class CreditModel:
         self.net_cfg = net if isinstance(net, NetConfig) else NetConfig(**(net or {}))
         self.trainer_cfg = trainer if isinstance(trainer, TrainerConfig) else TrainerConfig(**(trainer or {}))
         self.seed = seed
-        self.members: list[CreditNet] = []
+        self.stacks: list[CreditEnsembleNet] = []
         self.decision = None  # the DecisionConfig that `decide` uses (attached by train)
+
+    @property
+    def n_members(self) -> int:
+        return sum(s.n_members for s in self.stacks)
 
     # -- training -------------------------------------------------------------------------------
     def _inner_splits(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        k = self.net_cfg.members
+        k = self.net_cfg.inner_folds(len(y))
         if k == 1:
             tr, va = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=self.seed)
             return [(tr, va)]
         return list(StratifiedKFold(k, shuffle=True, random_state=self.seed).split(np.zeros(len(y)), y))
 
-    def _fit_member(self, cfg: NetConfig, enc: Encoded, y: np.ndarray, tr: np.ndarray, va: np.ndarray,
-                    seed: int, callbacks: list | None = None) -> CreditNet:
-        pl.seed_everything(seed, workers=True, verbose=False)
-        prior = float(np.log(y[tr].mean() / (1 - y[tr].mean())))
-        net = CreditNet(self.encoder.cardinalities, enc.num.shape[1], enc.wide.shape[1],
-                        cfg.model_dump(exclude={"select_from", "blend"}), prior, n_ple=enc.ple.shape[1])
-        frac = cfg.feature_fraction
-        if frac < 1:
-            n_feat = len(self.encoder.categorical) + len(self.encoder.numeric)
-            chosen = np.random.default_rng(seed).permutation(n_feat)[: max(1, round(frac * n_feat))]
-            keep = np.zeros(n_feat, dtype=bool)
-            keep[chosen] = True
-            net.restrict_features(keep, self.encoder.feature_index())
-        train_dl = DataLoader(TensorDataset(*_tensors(_subset(enc, tr), y[tr])), batch_size=cfg.batch_size,
-                              shuffle=True, drop_last=len(tr) > cfg.batch_size)
-        val_dl = DataLoader(TensorDataset(*_tensors(_subset(enc, va), y[va])), batch_size=8192)
-        trainer = pl.Trainer(**self.trainer_cfg.model_dump(), logger=False, enable_checkpointing=False,
-                             enable_model_summary=False, callbacks=[KeepBestWeights(cfg.patience), *(callbacks or [])],
-                             num_sanity_val_steps=0)
-        trainer.fit(net, train_dl, val_dl)
-        net._trainer = None  # keep the fitted member picklable and light
-        return net.cpu().eval()
+    def n_fits(self) -> int:
+        """Stacked fits `fit` runs (one per candidate setting): what a progress bar counts epochs of."""
+        return len(self.net_cfg.candidates())
 
     def _fit_members(self, cfg: NetConfig, enc: Encoded, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
                      callbacks: list | None = None) -> _InnerFit:
-        """Members per inner split and their cross-fitted held-out logits (NaN where no split holds out)."""
-        out = _InnerFit(held=np.full(len(y), np.nan))
-        for k, (tr, va) in enumerate(splits):
-            out.groups.append([self._fit_member(cfg, enc, y, tr, va, self.seed * 1000 + 100 * s + k, callbacks)
-                               for s in range(cfg.seeds_per_fold)])
-            out.held[va] = np.mean([self._member_logit(net, _subset(enc, va)) for net in out.groups[-1]], axis=0)
-        return out
+        """All members of one setting (inner folds x seeds) as one stacked fit, and their held-out logits."""
+        t0 = time.perf_counter()
+        fold = np.full(len(y), -1, dtype=np.int64)
+        for k, (_, va) in enumerate(splits):
+            fold[va] = k
+        member_fold = np.repeat(np.arange(len(splits)), cfg.seeds_per_fold).tolist()
+        seed = self.seed * 1000
+        pl.seed_everything(seed, workers=True, verbose=False)
+        keep = None
+        n_feat = len(self.encoder.categorical) + len(self.encoder.numeric)
+        if cfg.feature_fraction < 1:
+            rng = np.random.default_rng(seed)
+            keep = np.zeros((len(member_fold), n_feat), dtype=bool)
+            for m in range(len(member_fold)):
+                keep[m, rng.permutation(n_feat)[: max(1, round(cfg.feature_fraction * n_feat))]] = True
+        prior = float(np.log(y.mean() / (1 - y.mean())))
+        net = CreditEnsembleNet(list(enc.cat_sizes), list(enc.bin_sizes), enc.num.shape[1], enc.ple.shape[1],
+                                cfg.model_dump(exclude={"select_from", "blend"}), member_fold, prior, seed, keep,
+                                self.encoder.feature_index()["ple"])
+        widx, cat, cont = net.inputs(enc)
+        net.rows = _Rows(widx, cat, cont, torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(fold))
+        net.val_folds = [torch.as_tensor(va) for _, va in splits]
+        batch, net.fit_lr = cfg.step_size(len(splits[0][0]))
+        train_dl = DataLoader(net.rows, sampler=_Batches(len(y), batch, seed), batch_size=None)
+        val_dl = DataLoader([0], batch_size=None)  # one step: validation_step scores every fold itself
+        trainer = pl.Trainer(**{**self.trainer_cfg.model_dump(), "enable_progress_bar": False}, logger=False,
+                             enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             callbacks=[KeepBestMembers(cfg.patience), *(callbacks or [])])
+        with _torch_threads(cfg.threads):
+            trainer.fit(net, train_dl, val_dl)
+        epochs = trainer.current_epoch
+        net.rows, net.val_folds, net._trainer = None, [], None  # keep the fitted stack picklable and light
+        net = net.cpu().eval()
+        held = np.full(len(y), np.nan)
+        for k, (_, va) in enumerate(splits):
+            held[va] = net.member_logits(enc.subset(va), net.fold_members(k)).mean(axis=0)
+        report = {"members": net.n_members, "rows": len(y), "batch_size": batch, "lr": round(net.fit_lr, 6),
+                  "epochs": int(epochs), "best_epoch": net.best_epoch.tolist(),
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        return _InnerFit(held=held, stacks=[net], report=report)
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, callbacks: list | None = None) -> CreditModel:
         """Fit encoder, ensemble members (inner folds) and the calibration map.
@@ -309,22 +531,25 @@ class CreditModel:
         split, and the map is fitted on that split as scored by the averaged ensemble. With `select_from`,
         each candidate setting trains its own members on the same inner folds; the candidate (or, with
         `blend`, the average of all of them) whose held-out logits rank best (AUC) is kept (`self.selection`
-        lists them all). No row outside the training rows plays a part in the choice.
+        lists them all). No row outside the training rows plays a part in the choice. `self.fit_report` holds
+        each candidate's rows, batch size, learning rate, epochs and seconds.
         """
+        t0 = time.perf_counter()
         y = np.asarray(y, dtype=np.float64)
         if len(np.unique(y)) < 2:
             raise ValueError("training labels hold one class only; need defaults and non-defaults")
-        self.encoder = FeatureEncoder(n_bins=self.net_cfg.n_bins).fit(X)
+        candidates = self.net_cfg.candidates()
+        self.encoder = FeatureEncoder(n_bins=self.net_cfg.n_bins, ple=any(c.ple for c in candidates)).fit(X)
         enc = self.encoder.transform(X)
+        t_enc = time.perf_counter() - t0
         crossfit = self.net_cfg.calibration_rows == "crossfit"
         fit_idx, cal_idx = np.arange(len(y)), np.arange(0)
         if not crossfit:
             fit_idx, cal_idx = train_test_split(fit_idx, test_size=self.net_cfg.calibration_fraction,
                                                 stratify=y, random_state=self.seed + 7919)
-        enc_fit, y_fit = _subset(enc, fit_idx), y[fit_idx]
+        enc_fit, y_fit = enc.subset(fit_idx), y[fit_idx]
         splits = self._inner_splits(y_fit)
         overridden = _overridden(self.net_cfg)
-        candidates = self.net_cfg.candidates()
         options = [(cfg.model_dump(include=overridden), self._fit_members(cfg, enc_fit, y_fit, splits, callbacks))
                    for cfg in candidates]
         if self.net_cfg.blend and len(options) > 1:
@@ -333,30 +558,41 @@ class CreditModel:
         best = int(np.argmax([s["inner_auc"] for s in self.selection]))
         self.chosen = candidates[best] if best < len(candidates) else self.net_cfg
         fitted = options[best][1]
-        self.members = [net for nets in fitted.groups for net in nets]
-        if crossfit:
-            self.calibrator = self._crossfit_calibrator(fitted, enc_fit, y_fit)
+        self.stacks = fitted.stacks
+        t_cal = time.perf_counter()
+        logits = [(s.member_logits(enc), s.member_fold.numpy()) for s in self.stacks]  # every training row, once
+        raw = sum(lg.sum(axis=0) for lg, _ in logits) / self.n_members
+        if crossfit:  # fit_idx is every row: `enc` is `enc_fit`
+            self.calibrator = self._crossfit_calibrator(fitted.held, y, logits)
             self.calibration_rows = int((~np.isnan(fitted.held)).sum())
         else:
-            self.calibrator = make_calibrator(self.net_cfg.calibration).fit(
-                self._ensemble_logit(_subset(enc, cal_idx)), y[cal_idx])
+            self.calibrator = make_calibrator(self.net_cfg.calibration).fit(raw[cal_idx], y[cal_idx])
             self.calibration_rows = len(cal_idx)
+        t_cal = time.perf_counter() - t_cal
         self.feature_columns = list(X.columns)
         # for PSI later; the score's PSI is taken on the PD (the same bins: the points scale is monotone in it)
-        self.profile = PopulationProfile().fit(X, self.predict_pd(X))
+        t_prof = time.perf_counter()
+        self.profile = PopulationProfile().fit(X, self.calibrator.transform(raw))
+        self.fit_report = {"rows": len(y), "inner_folds": len(splits), "encode_seconds": round(t_enc, 2),
+                           "candidates": [f.report for _, f in options if f.report],
+                           "calibration_seconds": round(t_cal, 2),
+                           "profile_seconds": round(time.perf_counter() - t_prof, 2),
+                           "seconds": round(time.perf_counter() - t0, 2)}
         return self
 
-    def _crossfit_calibrator(self, fitted: _InnerFit, enc: Encoded, y: np.ndarray):
+    def _crossfit_calibrator(self, held: np.ndarray, y: np.ndarray, logits: list[tuple[np.ndarray, np.ndarray]]):
         """The map fitted on held-out logits (one inner fold's members each), carried over to all members' mean.
 
+        `logits`: per stack, its (members, rows) logits on every training row and each member's inner fold.
         `calibration: none` keeps the members' mean logit as it is (members early-stopped on log loss).
         """
-        mask = ~np.isnan(fitted.held)
-        inner = make_calibrator(self.net_cfg.calibration).fit(fitted.held[mask], y[mask])
+        mask = ~np.isnan(held)
+        inner = make_calibrator(self.net_cfg.calibration).fit(held[mask], y[mask])
         if self.net_cfg.calibration == "none":
             return inner
-        unit_logits = np.stack([np.mean([self._member_logit(n, enc) for n in nets], axis=0) for nets in fitted.groups])
-        stretch, center = ensemble_stretch(unit_logits)
+        folds = np.unique(np.concatenate([f for _, f in logits]))
+        fold_means = np.stack([np.concatenate([lg[f == k] for lg, f in logits]).mean(axis=0) for k in folds])
+        stretch, center = ensemble_stretch(fold_means)  # units: each inner fold's members' mean logit
         return EnsembleRescaled(inner, stretch, center)
 
     def monitor(self, applications: pd.DataFrame, transactions: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -368,19 +604,21 @@ class CreditModel:
         return self.profile.psi(X, self.predict_pd(X))
 
     # -- prediction -----------------------------------------------------------------------------
-    @staticmethod
-    @torch.no_grad()
-    def _member_logit(net: CreditNet, enc: Encoded) -> np.ndarray:
-        return net(*_tensors(enc)).double().numpy()
+    def _ensemble_logit(self, enc: Encoded) -> np.ndarray:
+        """Mean of all members' logits on encoded rows (before calibration)."""
+        if not self.stacks:
+            raise RuntimeError("the model is not fitted; call fit first")
+        return sum(s.member_logits(enc).sum(axis=0) for s in self.stacks) / self.n_members
+
+    def encoded_logit(self, enc: Encoded) -> np.ndarray:
+        """Calibrated log-odds of default of encoded rows (`FeatureEncoder.transform` or the serving fast path)."""
+        return self.calibrator.transform_logit(self._ensemble_logit(enc))
 
     def raw_logit(self, X: pd.DataFrame) -> np.ndarray:
         """Mean of the members' logits (before calibration)."""
-        if not self.members:
+        if not self.stacks:
             raise RuntimeError("the model is not fitted; call fit first")
         return self._ensemble_logit(self.encoder.transform(X))
-
-    def _ensemble_logit(self, enc: Encoded) -> np.ndarray:
-        return np.mean([self._member_logit(m, enc) for m in self.members], axis=0)
 
     def predict_logit(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated log-odds of default."""
@@ -389,6 +627,32 @@ class CreditModel:
     def predict_pd(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of default per row of application features."""
         return self.calibrator.transform(self.raw_logit(X))
+
+    def occlusion_logits(self, X: pd.DataFrame, groups: dict[str, list[str]]) -> tuple[np.ndarray, dict]:
+        """Calibrated logit of each row and, per feature group, with that group set to the typical applicant's.
+
+        Done on the encoded arrays (encoding is column by column, so replacing a feature's encoded columns by
+        the reference row's is the same as encoding the occluded frame): one encoding for every group.
+        """
+        if not self.stacks:
+            raise RuntimeError("the model is not fitted; call fit first")
+        enc_cols = self.encoder.categorical + self.encoder.numeric
+        enc = self.encoder.transform(X)
+        ref = self.encoder.transform(self.encoder.reference_row(enc_cols))
+        n_cat, ple_feature = len(self.encoder.categorical), self.encoder.feature_index()["ple"]
+        position = {c: j for j, c in enumerate(enc_cols)}
+        occluded = {}
+        for name, cols in groups.items():
+            feats = [position[c] for c in cols]
+            e = Encoded(enc.cat.copy(), enc.num.copy(), enc.bins.copy(), enc.ple.copy(), enc.cat_sizes, enc.bin_sizes)
+            cats = [j for j in feats if j < n_cat]
+            nums = [j - n_cat for j in feats if j >= n_cat]
+            e.cat[:, cats] = ref.cat[0, cats]
+            e.num[:, nums], e.bins[:, nums] = ref.num[0, nums], ref.bins[0, nums]
+            ple = np.isin(ple_feature, feats)
+            e.ple[:, ple] = ref.ple[0, ple]
+            occluded[name] = self.encoded_logit(e)
+        return self.encoded_logit(enc), occluded
 
     # -- applications in, offers out --------------------------------------------------------------
     def features(self, applications: pd.DataFrame, transactions: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -422,7 +686,7 @@ class CreditModel:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Pickle the fitted model (encoder, members on CPU, calibrator, decision config)."""
+        """Pickle the fitted model (encoder, member stacks on CPU, calibrator, decision config)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
@@ -432,7 +696,10 @@ class CreditModel:
     @staticmethod
     def load(path: str | Path) -> CreditModel:
         with open(path, "rb") as f:
-            model = pickle.load(f)
-        if not isinstance(model, CreditModel):
-            raise ValueError(f"{path} does not hold a CreditModel")
+            try:
+                model = pickle.load(f)
+            except AttributeError as e:  # a class this version no longer has (members before the stacked net)
+                raise ValueError(f"{path} holds a credit model from an earlier version ({e}); train it again") from None
+        if not isinstance(model, CreditModel) or not hasattr(model, "stacks"):
+            raise ValueError(f"{path} does not hold a CreditModel of this version")
         return model

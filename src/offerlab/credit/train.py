@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
 
 from offerlab.config import flatten
 from offerlab.credit.bench import BenchData, load_bench_data
 from offerlab.credit.calibration import reliability_figure
 from offerlab.credit.config import CreditConfig
 from offerlab.credit.metrics import auc, credit_metrics, reliability_table
-from offerlab.credit.model import CreditModel
+from offerlab.credit.model import CreditModel, EpochProgress
 from offerlab.credit.monitoring import psi_report
 from offerlab.credit.scorecard import pd_to_score
 
@@ -55,8 +56,7 @@ def train(cfg: CreditConfig, *, progress: bool | None = None, data: BenchData | 
     from offerlab.credit.pyfunc import log_pyfunc
     from offerlab.tracking import data_fingerprint, start_run, table_summary
 
-    if progress is not None:
-        cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"enable_progress_bar": progress})})
+    show = cfg.trainer.enable_progress_bar if progress is None else progress
     decision_cfg = cfg.decision_config()
     t0 = time.perf_counter()
     data = data if data is not None else load_bench_data(cfg)
@@ -76,8 +76,15 @@ def train(cfg: CreditConfig, *, progress: bool | None = None, data: BenchData | 
                          "features.fingerprint": data_fingerprint(data.X), "offerlab.eval_fingerprint": eval_fp})
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
 
-        model = CreditModel(cfg.net, cfg.trainer, seed=cfg.seed).fit(X_tr, data.y[idx_tr], callbacks)
+        model = CreditModel(cfg.net, cfg.trainer, seed=cfg.seed)
+        with tqdm(total=model.n_fits() * cfg.trainer.max_epochs, desc="credit fit (epochs)", unit="epoch",
+                  disable=not show or "spawn" in cfg.trainer.strategy, leave=False) as bar:
+            bar_cb = [] if bar.disable else [EpochProgress(bar, cfg.trainer.max_epochs)]
+            model.fit(X_tr, data.y[idx_tr], [*(callbacks or []), *bar_cb])
+        log.info("credit: fitted %d members on %d rows in %.1f s", model.n_members, len(idx_tr),
+                 model.fit_report["seconds"])
         model.decision = decision_cfg
+        mlflow.log_dict(model.fit_report, "fit_report.json")  # rows, members, batch, lr, epochs, seconds
         fit_seconds = time.perf_counter() - t0
         apps_te = data.applications.iloc[idx_te]
         decisions = model.decide(apps_te, features=X_te)

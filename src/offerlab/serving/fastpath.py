@@ -190,8 +190,6 @@ class _CreditPlan:
     fill: np.ndarray
     center: np.ndarray
     scale: np.ndarray
-    wide_offset: np.ndarray  # (k,) first bin column of each numeric in the numeric part of `wide`
-    wide_width: int
     ple_col: np.ndarray  # (p,) numeric column of each PLE component
     ple_lo: np.ndarray
     ple_width: np.ndarray
@@ -199,13 +197,11 @@ class _CreditPlan:
     @classmethod
     def of(cls, enc) -> _CreditPlan:
         nums = enc.numeric
-        bins = np.array([len(enc.edges[c]) + 1 for c in nums], dtype=np.int64)
-        ple = [(j, enc.ple_edges[c]) for j, c in enumerate(nums) if len(enc.ple_edges[c]) > 1]
+        ple = [(j, enc.ple_edges[c]) for j, c in enumerate(nums) if enc.ple and len(enc.ple_edges[c]) > 1]
         return cls(vocab=[pd.Index(enc.vocab[c], dtype=object) for c in enc.categorical],
                    log=np.array([c in enc.log_cols for c in nums], dtype=bool),
                    fill=np.array([enc.fill[c] for c in nums]), center=np.array([enc.center[c] for c in nums]),
                    scale=np.array([enc.scale[c] for c in nums]),
-                   wide_offset=np.concatenate([[0], np.cumsum(bins)[:-1]]).astype(np.int64), wide_width=int(bins.sum()),
                    ple_col=np.concatenate([np.full(len(q) - 1, j) for j, q in ple] or [np.zeros(0)]).astype(np.int64),
                    ple_lo=np.concatenate([q[:-1] for _, q in ple] or [np.zeros(0)]),
                    ple_width=np.concatenate([np.diff(q) for _, q in ple] or [np.zeros(0)]))
@@ -234,26 +230,20 @@ def credit_encoded(encoder, columns: dict[str, np.ndarray]):
     plan = _plan(encoder)
     n = len(next(iter(columns.values()))) if columns else 0
     cat = np.zeros((n, len(encoder.categorical)), dtype=np.int64)
-    wide_parts = []
     for j, c in enumerate(encoder.categorical):
-        idx = _level_index(columns[c], plan.vocab[j], "<missing>")
-        cat[:, j] = idx + 1
-        wide_parts.append(_onehot(idx, len(plan.vocab[j])))
+        cat[:, j] = _level_index(columns[c], plan.vocab[j], "<missing>") + 1
     k = len(encoder.numeric)
     t = np.stack([_floats(columns[c]) for c in encoder.numeric], axis=1) if k else np.zeros((n, 0))
     t[:, plan.log] = np.log1p(np.maximum(t[:, plan.log], 0.0))
     t = np.where(np.isfinite(t), t, plan.fill)
     num = np.clip((t - plan.center) / plan.scale, -encoder.clip, encoder.clip).astype(np.float32)
-    bins = np.zeros((n, plan.wide_width), dtype=np.float32)
+    bins = np.zeros((n, k), dtype=np.int64)
     for j, c in enumerate(encoder.numeric):  # per column only the bin look-up (edges differ in length)
-        bins[np.arange(n), plan.wide_offset[j] + np.searchsorted(encoder.edges[c], t[:, j], side="right")] = 1.0
-    wide_parts.append(bins)
+        bins[:, j] = np.searchsorted(encoder.edges[c], t[:, j], side="right")
     ple = np.clip((t[:, plan.ple_col] - plan.ple_lo) / plan.ple_width, 0.0, 1.0).astype(np.float32)
-    return Encoded(cat=cat, num=num, wide=np.concatenate(wide_parts, axis=1), ple=ple)
+    return Encoded(cat, num, bins, ple, encoder.cat_sizes, encoder.bin_sizes)
 
 
 def credit_logit(model, columns: dict[str, np.ndarray]) -> np.ndarray:
-    """`CreditModel.predict_logit` (members' mean logit, calibrated) on numpy columns."""
-    enc = credit_encoded(model.encoder, columns)
-    raw = np.mean([model._member_logit(m, enc) for m in model.members], axis=0)
-    return model.calibrator.transform_logit(raw)
+    """`CreditModel.predict_logit` (all members' mean logit in one stacked pass, calibrated) on numpy columns."""
+    return model.encoded_logit(credit_encoded(model.encoder, columns))
