@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from offerlab.cli_options import data_spec_options, open_spec, refuse_beside_spec
+from offerlab.cli_options import data_spec_options, engine_options, open_spec, parse_spark_conf, refuse_beside_spec
 from offerlab.data.loaders import DataFileMissing, load_dataset
 from offerlab.data.schema import DataValidationError
 from offerlab.registry import FAMILIES
@@ -269,8 +269,8 @@ def models_cmd(family: str | None) -> None:
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None,
               help="Transactions parquet (timing/discount/offers) or applications parquet (credit); "
                    "with --data the spec's tables are read instead.")
-@click.option("--output", type=click.Path(dir_okay=False), required=True, help="Output parquet (one row per customer; "
-              "per application for credit).")
+@click.option("--output", type=click.Path(), required=True, help="Output parquet (one row per customer; "
+              "per application for credit; a folder with --engine spark).")
 @click.option("--customers", type=click.Path(dir_okay=False), default=None,
               help="discount/offers: customers parquet with the static attributes the uplift model uses.")
 @click.option("--applications", type=click.Path(dir_okay=False), default=None,
@@ -288,10 +288,12 @@ def models_cmd(family: str | None) -> None:
                    "whole file (default: the data spec's economics.budget with --data, else none: each customer's "
                    "best level at the model's stored price of spend).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@engine_options
 def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], input_path: str | None, output: str,
               customers: str | None, applications: str | None, transactions: str | None, model_uri: str | None,
               alias: str, as_of: str | None, chunk_size: int, n_samples: int, budget: float | None,
-              force: bool) -> None:
+              force: bool, engine: str, spark_master: str | None, spark_conf: tuple[str, ...],
+              partition_by: tuple[str, ...]) -> None:
     """Batch-score a customer base with the registered models (the ones the services use).
 
     \b
@@ -305,6 +307,8 @@ def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], i
       offerlab score offers --input tx.parquet --customers customers.parquet --applications apps.parquet \\
           --output offers.parquet --alias challenger --force
       offerlab score discount --input tx.parquet --customers customers.parquet --budget 5000 --output d.parquet
+      offerlab score offers --engine spark --input s3a://lake/tx/ --customers s3a://lake/customers/ \
+          --output s3a://lake/offers/2025-01-31 --partition-by discount_level   # on Spark (a parquet folder)
     """
     from offerlab.serving.score import BUDGET_COMMANDS, check_budget, run_score, spec_inputs
 
@@ -319,10 +323,17 @@ def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], i
             budget, budget_from = spec.spec.economics.budget, "economics.budget"  # the flag wins when given
     summary = run_score(command, input_path, output, customers=customers, applications=applications,
                         transactions=transactions, model_uri=model_uri, alias=alias, as_of=as_of,
-                        chunk_size=chunk_size, n_samples=n_samples, force=force, inputs=inputs, budget=budget)
+                        chunk_size=chunk_size, n_samples=n_samples, force=force, inputs=inputs, budget=budget,
+                        engine=engine, **spark_cli(engine, spark_master, spark_conf, partition_by))
     if budget_from:
         summary["budget_source"] = budget_from
     click.echo(json.dumps(summary, indent=1))
+
+
+def spark_cli(engine: str, master: str | None, conf: tuple[str, ...], partition_by: tuple[str, ...]) -> dict:
+    """The Spark engine's options for `run_score` (given with the local engine, they are refused there)."""
+    return {"master": master, "conf": parse_spark_conf(conf) if engine == "spark" else conf,
+            "partition_by": partition_by}
 
 
 @main.group()

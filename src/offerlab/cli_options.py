@@ -48,3 +48,29 @@ def spec_overrides(family: str, data_spec: str | None, data_sets: tuple[str, ...
         return {}
     refuse_beside_spec(**data_options)
     return family_overrides(spec, family)
+
+
+def engine_options(f):
+    """Add `--engine local|spark` and the Spark engine's options (`offerlab score`)."""
+    f = click.option("--partition-by", "partition_by", multiple=True, metavar="COLUMN",
+                     help="--engine spark: partition the output folder by this output column (repeatable).")(f)
+    f = click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
+                     help="--engine spark: a Spark setting for the session it starts, e.g. "
+                          "spark.driver.memory=4g (repeatable; under spark-submit use its --conf).")(f)
+    f = click.option("--spark-master", default=None, metavar="URL",
+                     help="--engine spark: master of the session it starts (default: spark-submit's, else "
+                          "local[*]).")(f)
+    return click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+                        help="local: this machine, in chunks; spark: Apache Spark, inputs and output at any path "
+                             "Spark reads (output: a parquet folder).")(f)
+
+
+def parse_spark_conf(items: tuple[str, ...]) -> dict[str, str]:
+    """--spark-conf KEY=VALUE pairs as a dict (refusing an item without '=')."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--spark-conf {item!r} must be KEY=VALUE, e.g. spark.driver.memory=4g")
+        out[key.strip()] = value
+    return out

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 # command family -> registered model family
 MODEL_FAMILY = {"timing": "timing", "discount": "uplift", "credit": "credit"}
 COMMANDS = (*MODEL_FAMILY, "offers")
+SPARK_FLAGS = {"master": "--spark-master", "conf": "--spark-conf", "partition_by": "--partition-by"}
 TX_COLUMNS = ("customer_id", "timestamp")
 TX_OPTIONAL = ("amount", "category")
 APP_COLUMNS = ("customer_id", "applied_at")
@@ -79,13 +80,18 @@ def read_table(path: str | Path, table: str, required: tuple[str, ...], optional
         df = pd.read_parquet(path, columns=cols)
     except Exception as e:  # noqa: BLE001 - any reader failure means "not a parquet table we can use"
         raise ValueError(f"{table} file {path} is not a readable parquet file: {e}") from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise DataValidationError(table, missing[0], f"column missing from {path} (has {list(df.columns)})")
+    check_columns(table, path, list(df.columns), required)
     if len(df) == 0:
         raise DataValidationError(table, None, f"{path} has no rows")
     df["customer_id"] = df["customer_id"].astype(str)
     return df
+
+
+def check_columns(table: str, path: str | Path, columns: list[str], required: tuple[str, ...]) -> None:
+    """Refuse a table without a required column, naming the table, the column, the file and what it has."""
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DataValidationError(table, missing[0], f"column missing from {path} (has {columns})")
 
 
 def resolve_uri(family: str, model_uri: str | None = None, alias: str = CHAMPION) -> str:
@@ -105,8 +111,15 @@ def load_model(family: str, model_uri: str | None = None, alias: str = CHAMPION)
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
-        raise ValueError(f"cannot load the {family} model {uri} from {tracking.tracking_uri()}: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise model_error(family, uri, e) from None
+
+
+def model_error(family: str, uri: str, e: Exception) -> ValueError:
+    """The refusal of a model that cannot be loaded (unknown alias, version, run or path)."""
+    from offerlab import tracking
+
+    return ValueError(f"cannot load the {family} model {uri} from {tracking.tracking_uri()}: "
+                      f"{str(e).splitlines()[0]}")
 
 
 def default_as_of(transactions: pd.DataFrame) -> pd.Timestamp:
@@ -312,23 +325,35 @@ def choose_discounts(frame: pd.DataFrame, model, budget: float | None, prefix: s
     """The discount of every row of the assembled answers `frame` (rewritten in place): one `allocate` over all
     rows under `budget`, else argmax(profit - price x spend) at the model's stored price of spend (the pyfunc's
     own choice; plain argmax without one). Returns the summary's budget, spend, price_of_spend, price_source."""
-    from offerlab.uplift.policy import allocate, choose_at_price
-    from offerlab.uplift.pyfunc import apply_choice, stored_price
-
     m = discount_matrices(frame, model, prefix)
-    profit, spend = m["profit"], m["spend"]
-    if budget is not None:
-        a = allocate(profit, spend, budget)
-        choice, price, source = a.choice, a.price, "budget"
-    else:
-        price = stored_price(m["policy"])
-        choice = choose_at_price(profit, spend, price)
-        source = "model" if price > 0 else "none"
-    apply_choice(frame, choice, profit, spend, m["conversion"], m["revenue"], m["levels"], prefix, m["rows"])
+    choice, price, source = whole_file_choice(m, budget)
+    apply_matrices_choice(frame, m, choice, prefix)
+    spend = m["spend"]
     used = float(spend[np.arange(len(choice)), choice].sum())
     log.info("discount choice over %d customers (%s): %d treated%s", len(choice), source, int((choice > 0).sum()),
              "; the budget binds" if budget is not None and price > 0 else "")
     return {"budget": budget, "spend": used, "price_of_spend": float(price), "price_source": source}
+
+
+def whole_file_choice(m: dict, budget: float | None) -> tuple[np.ndarray, float, str]:
+    """(level index per row, price of spend, its source) over the `discount_matrices` of the whole file: one
+    `allocate` under `budget`, else argmax(profit - price x spend) at the model's stored price (0: plain argmax)."""
+    from offerlab.uplift.policy import allocate, choose_at_price
+    from offerlab.uplift.pyfunc import stored_price
+
+    if budget is not None:
+        a = allocate(m["profit"], m["spend"], budget)
+        return a.choice, a.price, "budget"
+    price = stored_price(m["policy"])
+    return choose_at_price(m["profit"], m["spend"], price), price, "model" if price > 0 else "none"
+
+
+def apply_matrices_choice(frame: pd.DataFrame, m: dict, choice: np.ndarray, prefix: str = "") -> None:
+    """Rewrite the chosen-level columns of `frame` (in place) for `choice` over the rows `m` describes."""
+    from offerlab.uplift.pyfunc import apply_choice
+
+    apply_choice(frame, choice, m["profit"], m["spend"], m["conversion"], m["revenue"], m["levels"], prefix,
+                 m["rows"])
 
 
 # ------------------------------------------------------------------------------------------- runner
@@ -373,6 +398,9 @@ def score_chunk(command: str, models: dict, inputs: ScoreInputs, tx: pd.DataFram
 
 def check_output(output: str | Path, inputs: list[str | Path | None], force: bool) -> Path:
     out = Path(output)
+    if out.is_dir():
+        raise ValueError(f"output {out} is a folder; the local engine writes one parquet file (--engine spark "
+                         "writes a folder)")
     if out.suffix != ".parquet":
         raise ValueError(f"output {out} must end in .parquet")
     if any(p and out.resolve() == Path(p).resolve() for p in inputs):
@@ -421,16 +449,35 @@ def run_score(command: str, input_path: str | Path | None, output: str | Path, *
               transactions: str | Path | None = None, model_uri: str | None = None, alias: str = CHAMPION,
               as_of: str | None = None, chunk_size: int = 50_000, n_samples: int = 100, force: bool = False,
               progress: bool = True, inputs: ScoreInputs | None = None,
-              model_uris: dict[str, str] | None = None, budget: float | None = None) -> dict:
+              model_uris: dict[str, str] | None = None, budget: float | None = None, engine: str = "local",
+              **spark_options) -> dict:
     """Score every customer of the input and write one parquet; returns counts and timings (no ids).
 
     `inputs`: tables already read (e.g. `spec_inputs` of a data spec) instead of the parquet paths;
     `model_uris`: family -> MLflow URI for every family the command uses (e.g. the runs just trained);
-    `budget` (discount, offers): total expected spend, allocated across the whole file (see the module doc)."""
+    `budget` (discount, offers): total expected spend, allocated across the whole file (see the module doc);
+    `engine="spark"`: the same scoring on Apache Spark (`offerlab.serving.spark_score.run_spark_score`, which
+    takes `spark`, `master`, `conf` and `partition_by` in `spark_options`); the paths may then be any Spark can
+    read and `output` is a parquet folder."""
     from tqdm.auto import tqdm
 
     if command not in COMMANDS:
         raise ValueError(f"unknown score command {command!r}; expected one of {list(COMMANDS)}")
+    if engine == "spark":
+        if inputs is not None:
+            raise ValueError("--engine spark reads parquet paths (--input, --customers, --applications, "
+                             "--transactions); a data spec (--data) is scored by the local engine")
+        from offerlab.serving.spark_score import run_spark_score
+
+        return run_spark_score(command, input_path, output, customers=customers, applications=applications,
+                               transactions=transactions, model_uri=model_uri, alias=alias, as_of=as_of,
+                               chunk_size=chunk_size, n_samples=n_samples, force=force, progress=progress,
+                               model_uris=model_uris, budget=budget, **spark_options)
+    if engine != "local":
+        raise ValueError(f"unknown engine {engine!r}; expected 'local' or 'spark'")
+    given = [SPARK_FLAGS.get(k, k) for k, v in spark_options.items() if v not in (None, (), {}, [])]
+    if given:
+        raise ValueError(f"{', '.join(given)}: for --engine spark only")
     budget = check_budget(budget, command)
     out = check_output(output, [input_path, customers, applications, transactions], force)
     t0 = time.perf_counter()
