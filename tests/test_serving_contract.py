@@ -23,10 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def client(serving_models):  # noqa: F811
     import time
 
+    from _bentoml_impl.server.app import ServiceAppFactory
     from serving.service import OffersLocal
     from starlette.testclient import TestClient
 
-    with TestClient(OffersLocal.to_asgi(), client=("127.0.0.1", 50001)) as c:
+    # `OffersLocal.to_asgi()`, without the request metrics: a second app with them in one process (the suite's
+    # test_serving_service runs `Offers`) registers the same Prometheus series twice
+    OffersLocal.inject_config()
+    app = ServiceAppFactory(OffersLocal, is_main=True, enable_metrics=False)()
+    with TestClient(app, client=("127.0.0.1", 50001)) as c:
         deadline = time.monotonic() + 180
         while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
