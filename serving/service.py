@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse
 
 from offerlab.serving import openapi
 from offerlab.serving.app import ApiKeyMiddleware, Coalescer, ContractMiddleware, Overloaded, OverloadMiddleware
+from offerlab.serving.basket import winback_offer
 from offerlab.serving.contracts import (
     CreditAnswer,
     CreditRequest,
@@ -201,7 +202,7 @@ class _Parts:
             t, c = t_of.get(i), c_of.get(i)
             ms = combine((t.model_ms if t else 0.0, d.model_ms, c.model_ms if c else 0.0))
             out.append(OffersAnswer(customer_id=r.customer_id, timing=t, discount=d, credit=c,
-                                    purchases_used=len(r.history), model_ms=ms))
+                                    purchases_used=len(r.history), model_ms=ms, winback_offer=winback_offer(t, d)))
         return out
 
 

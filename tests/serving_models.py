@@ -33,6 +33,17 @@ class ServingModels:
         return [{"timestamp": t.isoformat(), "amount": float(a), "category": str(c)}
                 for t, a, c in zip(rows["timestamp"], rows["amount"], rows["category"], strict=True)]
 
+    def history_with_items(self, customer: str | None = None) -> list[dict]:
+        """A real synthetic customer's purchases with their order lines (items) as request JSON."""
+        tx, lines = self.synth.transactions, self.synth.lines
+        cid = customer or tx["customer_id"].value_counts().index[0]
+        rows = tx[tx["customer_id"] == cid].sort_values("timestamp")
+        by_order = {o: g for o, g in lines[lines["customer_id"] == cid].groupby("order_id")}
+        return [{"timestamp": r.timestamp.isoformat(), "amount": float(r.amount), "category": str(r.category),
+                 "items": [{"item_id": li.item_id, "item_name": li.item_name, "quantity": int(li.quantity),
+                            "amount": float(li.amount)} for li in by_order[r.order_id].itertuples()]}
+                for r in rows.itertuples()]
+
     def offers_request(self, n: int | None = None) -> dict:
         """An /offers request for the synthetic customer with the longest history (its last `n` purchases)."""
         history = self.history(n=n)
@@ -62,9 +73,13 @@ def _timing(synth, tmp: Path) -> str:
     cfg = load_config(None, {"training": {"seeds": [0], "max_epochs": 2, "validation_days": 0},
                              "model": {"hidden": 8, "n_components": 2, "category_dim": 4},
                              "data": {"same_day": "keep"}, "trainer": {"enable_progress_bar": False}})
+    from offerlab.timing.basket import fit_and_score
+    from offerlab.timing.train import BasketBlock
+
     predictor, _ = fit_timing(synth.transactions, "2024-12-31", cfg, progress=False)
+    basket, _ = fit_and_score(synth.lines, "2024-10-31", "2024-12-31", BasketBlock(epochs=2).settings())
     with start_run("timing", "serving-test") as run:
-        log_pyfunc(predictor, tmp)
+        log_pyfunc(predictor, tmp, basket=basket)  # with the replenishment basket (answers for items)
     return _register("timing", run.info.run_id)
 
 

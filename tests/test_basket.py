@@ -13,6 +13,7 @@ from offerlab.data.schema import DataValidationError, validate_table
 from offerlab.timing import basket as B
 from offerlab.timing import basket_bench as BB
 from offerlab.timing import basket_peers as P
+from serving_models import serving_models  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +264,49 @@ def test_timing_pyfunc_answers_with_the_basket(data: S.SynthData, mlflow_store, 
         if items:
             assert "2025-01-01" <= row["reminder_date"] <= "2025-01-31"
             assert row["basket_value"] == pytest.approx(sum(it["expected_value"] for it in items))
+
+
+# ------------------------------------------------------------------------------------------------ /offers
+@pytest.mark.slow
+def test_offers_answer_carries_the_basket_and_the_winback_offer(serving_models):  # noqa: F811
+    import datetime as dt
+
+    from serving.service import OffersLocal
+
+    from offerlab.serving.contracts import OffersRequest
+
+    svc = OffersLocal()
+    assert svc.wait_ready(120)
+    base = serving_models.offers_request()
+    history = serving_models.history_with_items()
+    last = max(dt.datetime.fromisoformat(p["timestamp"]) for p in history)
+    soon = {**base, "history": history, "as_of": (last + dt.timedelta(days=1)).isoformat()}
+    late = {**base, "history": history, "as_of": (last + dt.timedelta(days=400)).isoformat()}
+    plain = {**base, "as_of": (last + dt.timedelta(days=1)).isoformat()}
+    a_soon, a_late, a_plain = svc._compute([OffersRequest.model_validate(r) for r in (soon, late, plain)])
+    b = a_soon.timing.basket
+    assert b is not None and 1 <= len(b.items) <= 10
+    known = {it["item_id"] for p in history for it in p["items"]}
+    assert {i.item_id for i in b.items} <= known | set(serving_models.synth.lines["item_id"])
+    day = (last + dt.timedelta(days=1)).date()
+    assert day < b.reminder_date <= day + dt.timedelta(days=31)
+    assert b.value == pytest.approx(sum(i.expected_value for i in b.items))
+    assert a_plain.timing.basket is None and a_plain.winback_offer is None  # a history without items: as before
+    assert a_late.timing.winback and a_late.winback_offer is not None and "overdue" in a_late.winback_offer.reason
+    w = a_late.winback_offer
+    if w.level is not None:
+        assert w.discount_amount == pytest.approx(w.discount_rate * w.basket_value)
+        assert w.level == a_late.discount.level
+    assert not a_soon.timing.winback and a_soon.winback_offer is None
+
+
+def test_offers_request_refuses_a_bad_item_line() -> None:
+    from pydantic import ValidationError
+
+    from offerlab.serving.contracts import Purchase
+
+    with pytest.raises(ValidationError, match=r"items\.0\.quantity"):
+        Purchase.model_validate({"timestamp": "2024-01-01T00:00:00", "amount": 3.0,
+                                 "items": [{"item_id": "tea", "quantity": 0}]})
+    with pytest.raises(ValidationError, match=r"items\.0\.item_id"):
+        Purchase.model_validate({"timestamp": "2024-01-01T00:00:00", "amount": 3.0, "items": [{"quantity": 1}]})

@@ -117,12 +117,27 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- inputs
+MAX_ITEMS_PER_PURCHASE = 200
+
+
+class PurchaseItem(_Strict):
+    """One line of a purchase: what was bought, how many."""
+
+    item_id: str = Field(min_length=1, max_length=128, description="your item (product) id")
+    item_name: str | None = Field(None, max_length=256, description="a name a person reads (echoed in the basket)")
+    quantity: integer(1, 100_000) = Field(description="units bought (two packs last longer than one)")
+    amount: Amount | None = Field(None, description="what the line cost (the basket's expected value uses it)")
+
+
 class Purchase(_Strict):
     """One purchase of the customer."""
 
     timestamp: Instant = Field(description="when it was bought (" + INSTANT_HELP + ")")
     amount: Amount
     category: str | None = Field(None, max_length=64, description="product category, one the model knows")
+    items: list[PurchaseItem] | None = Field(None, max_length=MAX_ITEMS_PER_PURCHASE, description=(
+        "the purchase's lines (optional): with them the timing answer carries the replenishment basket, where "
+        "the timing model was trained with items; items it does not know are left out of the basket"))
 
 
 EXAMPLE_HISTORY = [
@@ -266,6 +281,22 @@ class CategoryProbability(BaseModel):
     probability: float
 
 
+class BasketItem(BaseModel):
+    item_id: str
+    item_name: str | None = None
+    quantity: int = Field(description="units to put in the basket (the customer's last quantity of the item)")
+    p_30d: float = Field(description="P(the customer buys the item within 30 days of as_of)")
+    due_date: dt.date | None = Field(description="the first day P(bought by then) reaches 0.5 (null: not "
+                                     "within 60 days)")
+    expected_value: float | None = Field(description="p_30d x quantity x the last unit price (null without amounts)")
+
+
+class Basket(BaseModel):
+    reminder_date: dt.date = Field(description="the first day by which half the basket's expected value is due")
+    value: float | None = Field(description="sum of the items' expected values (null without line amounts)")
+    items: list[BasketItem] = Field(description="at most 10, by p_30d; only items with p_30d >= the model's min_p")
+
+
 class TimingAnswer(BaseModel):
     customer_id: str
     p_buy_7d: float = Field(description="P(a purchase within 7 days of as_of)")
@@ -280,6 +311,9 @@ class TimingAnswer(BaseModel):
     top_categories: list[CategoryProbability] = Field(description="most likely categories of the next basket")
     p_buy_curve: list[float] | None = Field(None, description="P(a purchase within d days of as_of) for "
                                             "d = 1, 2, ..., curve_days of the request; null when not asked")
+    basket: Basket | None = Field(None, description="the prepared replenishment basket and its reminder day; "
+                                  "null when the history carries no items, the model has no basket part, or "
+                                  "nothing is likely within 30 days")
     model_version: str
     model_ms: float = Field(description="model compute time of the batch this answer came from (ms)")
 
@@ -292,6 +326,7 @@ class TimingAnswer(BaseModel):
 
 class LevelValue(BaseModel):
     level: str
+    discount_rate: float | None = Field(None, description="the level's discount rate (the policy's economics)")
     expected_incremental_profit: float
     expected_spend: float
     p_conversion: float
@@ -342,6 +377,15 @@ class CreditAnswer(BaseModel):
         "covers_request": True, "model_version": "1", "model_ms": 2.5}})
 
 
+class WinbackOffer(BaseModel):
+    level: str | None = Field(description="the discount policy's level for this customer (null: no discount pays)")
+    discount_rate: float | None
+    basket_value: float | None = Field(description="the prepared basket's expected value")
+    discount_amount: float | None = Field(description="discount_rate x basket_value: what the offer gives away")
+    expected_incremental_profit: float = Field(description="of the level, from the discount answer")
+    reason: str = Field(description="why, in words")
+
+
 class OffersAnswer(BaseModel):
     customer_id: str
     timing: TimingAnswer | None = Field(description="null when no purchase of the request is on or before as_of "
@@ -350,6 +394,8 @@ class OffersAnswer(BaseModel):
     credit: CreditAnswer | None = Field(description="null when the request had no application")
     purchases_used: int = Field(description="purchases of the request on or before as_of, which the answers used "
                                 "(later ones are not known at as_of and are left out)")
+    winback_offer: WinbackOffer | None = Field(None, description="an overdue customer (timing.winback) with a "
+                                               "prepared basket: the discount policy's level priced on it")
     model_ms: float = Field(description="model compute of the parts: the longest when they run in parallel "
                             "(`Offers`), their sum in one process (`OffersLocal`)")
 

@@ -138,12 +138,13 @@ class TimingAdapter:
     n_samples: int = 64
     winback_threshold: float = 0.5
     top_k: int = 3
+    basket: object = None  # offerlab.timing.basket.BasketModel, when the model was trained with items
 
     @classmethod
     def load(cls, uri: str | None = None) -> TimingAdapter:
         pm, version = load_python_model(uri or model_uri("timing"))
         return cls(pm.predictor, version, int(os.environ.get(SAMPLES_ENV, 64)),
-                   float(os.environ.get(WINBACK_ENV, 0.5)))
+                   float(os.environ.get(WINBACK_ENV, 0.5)), basket=getattr(pm, "basket", None))
 
     def validate(self, reqs: list[CustomerHistory]) -> None:
         _check_categories(reqs, self.predictor.categories, "TimingRequest")
@@ -181,6 +182,13 @@ class TimingAdapter:
         curve = mix.cond_cdf(np.broadcast_to(days, (len(reqs), len(days)))) if len(days) else None
         with torch.inference_mode():
             probs = p.category_probs(state)
+        if self.basket is not None:
+            from offerlab.serving.basket import basket_answers
+
+            overdue = (1.0 - within[90.0]) > self.winback_threshold
+            baskets = basket_answers(self.basket, reqs, np.where(overdue, within[30.0], np.nan))
+        else:
+            baskets = [None] * len(reqs)
         ms = _ms(t0)
         out = []
         for i, r in enumerate(reqs):  # assembling answers for a bounded batch
@@ -195,7 +203,8 @@ class TimingAdapter:
                 next_date_median=_date(as_of[i], qs[i, 1]), next_date_q10=_date(as_of[i], qs[i, 0]),
                 next_date_q90=_date(as_of[i], qs[i, 2]), p_no_purchase_90d=p_none,
                 winback=p_none > self.winback_threshold, top_categories=top,
-                p_buy_curve=curve[i, : asked[i]].tolist() if asked[i] else None, model_version=self.version,
+                p_buy_curve=curve[i, : asked[i]].tolist() if asked[i] else None, basket=baskets[i],
+                model_version=self.version,
                 model_ms=ms))
         return out
 
@@ -404,13 +413,14 @@ class UpliftAdapter:
         pred = self.model.predict_levels(x)
         levels = list(self.model.levels)
         profit, spend = self.policy.level_matrices(pred["revenue"], levels, self.model.discounts)
+        rates = self.policy.discount_rates(levels, self.model.discounts)
         choice, greedy, prob = self.choose(profit, spend)
         ms = _ms(t0)
         price = float(self.price_of_spend)
         return [DiscountAnswer(
             customer_id=r.customer_id, level=levels[choice[i]] if choice[i] > 0 else None,
             expected_incremental_profit=float(profit[i, choice[i]]),
-            levels=[LevelValue(level=lv, expected_incremental_profit=float(profit[i, j]),
+            levels=[LevelValue(level=lv, discount_rate=float(rates[j]), expected_incremental_profit=float(profit[i, j]),
                                expected_spend=float(spend[i, j]), p_conversion=float(pred["conversion"][i, j]))
                     for j, lv in enumerate(levels)],
             price_of_spend=price, greedy_level=levels[greedy[i]] if greedy[i] > 0 else None,

@@ -19,6 +19,8 @@ The basket for a customer (`baskets`): its items are those with P(bought within 
 `max_items`, by probability); an item's due date is the first day its P(bought within d days) reaches 0.5
 (linear between the horizons), else none within 60 days; the reminder day is the first day by which half of the
 basket's expected value (sum of P(within 30 d) x quantity x unit price) is due; the quantity is the item's last one.
+An overdue customer's basket (the win-back) is the one of the purchase the offer asks for: each item's probabilities
+divided by the customer's P(any purchase within 30 days) from the timing model, capped at 1.
 """
 
 from __future__ import annotations
@@ -485,8 +487,8 @@ class BasketModel:
         ds = torch.utils.data.TensorDataset(x, torch.from_numpy(data.y[rows]), torch.from_numpy(data.mask[rows]),
                                             torch.from_numpy(group[rows]))
         # whole batches by one index array (in-memory tensors, no per-row fetch), whole groups in each
-        dl = torch.utils.data.DataLoader(ds, sampler=GroupBatches(group[rows], cfg.batch_size, cfg.seed),
-                                         batch_size=None)
+        batch = int(min(cfg.batch_size, max(256, len(rows) // 100)))  # small data: smaller batches, more steps
+        dl = torch.utils.data.DataLoader(ds, sampler=GroupBatches(group[rows], batch, cfg.seed), batch_size=None)
         trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False)
         trainer.fit(net, dl)
@@ -579,13 +581,23 @@ def due_day(p_within: np.ndarray, level: float = 0.5) -> np.ndarray:
 
 
 def baskets(cand: Candidates, customers: pd.Index, items: pd.Index, as_of: pd.Timestamp | np.ndarray,
-            min_p: float = 0.3, max_items: int = 10, item_names: np.ndarray | None = None) -> pd.DataFrame:
+            min_p: float = 0.3, max_items: int = 10, item_names: np.ndarray | None = None,
+            given_purchase: np.ndarray | None = None) -> pd.DataFrame:
     """The prepared basket lines (see the module docstring): customer_id, reminder_date, item_id, item_name,
-    quantity, p_30d, due_date, expected_value (nan without amounts)."""
-    p30 = cumulative_at(cand.extra["p_within"], 30.0)
+    quantity, p_30d, due_date, expected_value (nan without amounts).
+
+    `given_purchase` (per customer; nan: not asked): the customer's P(any purchase within 30 days) from the timing
+    model, for an overdue customer whose basket is the one of the purchase a win-back asks for: its items'
+    probabilities are divided by it (P(item | a purchase) = P(item) / P(purchase)), capped at 1."""
+    pw_all = cand.extra["p_within"]
+    if given_purchase is not None:
+        g = np.asarray(given_purchase, dtype=float)[cand.cust]
+        scale = np.where(np.isfinite(g) & (g > 0), 1.0 / np.maximum(g, 1e-6), 1.0)
+        pw_all = np.minimum(pw_all * scale[:, None], 1.0)
+    p30 = cumulative_at(pw_all, 30.0)
     keep = p30 >= min_p
     c, i, p = cand.cust[keep], cand.item[keep], p30[keep]
-    pw = cand.extra["p_within"][keep]
+    pw = pw_all[keep]
     order = np.lexsort((-p, c))
     c, i, p, pw = c[order], i[order], p[order], pw[order]
     qty = np.maximum(np.nan_to_num(cand.last_qty[keep][order], nan=1.0), 1.0)
