@@ -310,3 +310,36 @@ def test_offers_request_refuses_a_bad_item_line() -> None:
                                  "items": [{"item_id": "tea", "quantity": 0}]})
     with pytest.raises(ValidationError, match=r"items\.0\.item_id"):
         Purchase.model_validate({"timestamp": "2024-01-01T00:00:00", "amount": 3.0, "items": [{"quantity": 1}]})
+
+
+@pytest.mark.slow
+def test_batch_scoring_writes_the_basket_from_a_line_level_file(serving_models, tmp_path) -> None:  # noqa: F811
+    import json
+
+    from offerlab.serving.score import run_score
+
+    lines = serving_models.synth.lines
+    keep = lines["customer_id"].isin(lines["customer_id"].drop_duplicates().iloc[:40])
+    lines[keep].to_parquet(tmp_path / "lines.parquet")
+    orders_from_lines(lines_from_rows(lines[keep])).to_parquet(tmp_path / "orders.parquet")
+    run_score("timing", tmp_path / "lines.parquet", tmp_path / "t.parquet", progress=False, n_samples=8,
+              as_of="2024-12-31", chunk_size=15)
+    serving_models.synth.customers.to_parquet(tmp_path / "customers.parquet")
+    for src, out in (("lines", "o"), ("orders", "plain")):
+        run_score("offers", tmp_path / f"{src}.parquet", tmp_path / f"{out}.parquet", progress=False, n_samples=8,
+                  as_of="2024-12-31", customers=tmp_path / "customers.parquet")
+    t = pd.read_parquet(tmp_path / "t.parquet")
+    o = pd.read_parquet(tmp_path / "o.parquet")
+    plain = pd.read_parquet(tmp_path / "plain.parquet")
+    assert len(t) == 40 and {"reminder_date", "basket_value", "basket"} <= set(t.columns)
+    assert "timing_basket" in o.columns and "timing_basket" not in plain.columns
+    with_basket = t[t["basket"] != "[]"]
+    assert len(with_basket) > 0
+    for _, r in with_basket.iterrows():
+        items = json.loads(r["basket"])
+        assert "2025-01-01" <= r["reminder_date"] <= "2025-01-31"
+        assert r["basket_value"] == pytest.approx(sum(i["expected_value"] for i in items))
+    # the discount part saw the same orders either way (lines are summed to their orders)
+    m = o.merge(plain, on="customer_id", suffixes=("", "_plain"))
+    assert (m["discount_level"].fillna("-") == m["discount_level_plain"].fillna("-")).all()
+    np.testing.assert_allclose(m["timing_p_within_30d"], m["timing_p_within_30d_plain"], rtol=1e-6)

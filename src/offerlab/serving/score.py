@@ -49,6 +49,7 @@ COMMANDS = (*MODEL_FAMILY, "offers")
 SPARK_FLAGS = {"master": "--spark-master", "conf": "--spark-conf", "partition_by": "--partition-by"}
 TX_COLUMNS = ("customer_id", "timestamp")
 TX_OPTIONAL = ("amount", "category")
+LINE_OPTIONAL = ("order_id", "item_id", "item_name", "quantity")  # a line-level file: the basket's input too
 APP_COLUMNS = ("customer_id", "applied_at")
 
 
@@ -217,7 +218,17 @@ def score_timing(model, tx: pd.DataFrame, as_of: pd.Timestamp, n_samples: int = 
         predictor = getattr(model.unwrap_python_model(), "predictor", None)
         if getattr(predictor, "uses_amount", True):
             raise no_amounts_error("timing", "amounts")
+    # a line-level file (item_id): the pyfunc scores its orders and, where it has a basket part, adds the basket
     return model.predict(tx, params={"as_of": str(as_of), "n_samples": int(n_samples)})
+
+
+def as_orders(tx: pd.DataFrame) -> pd.DataFrame:
+    """The orders of a line-level transactions chunk (one row per item bought); an order-level one as it is."""
+    if "item_id" not in tx.columns:
+        return tx
+    from offerlab.timing.pyfunc import orders_and_lines
+
+    return orders_and_lines(tx)[0]
 
 
 def discount_features(model, tx: pd.DataFrame, customers: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -276,10 +287,11 @@ def score_offers(models: dict, tx: pd.DataFrame, customers: pd.DataFrame | None,
                  as_of: pd.Timestamp, n_samples: int = 100) -> pd.DataFrame:
     """One row per customer: timing_*, discount_* and (with applications) credit_* columns."""
     out = _prefixed(score_timing(models["timing"], tx, as_of, n_samples), "timing")
-    disc = _prefixed(score_discount(models["discount"], tx, customers, as_of), "discount")
+    orders = as_orders(tx)
+    disc = _prefixed(score_discount(models["discount"], orders, customers, as_of), "discount")
     out = out.merge(disc, on="customer_id", how="left", validate="one_to_one")
     if apps is not None and len(apps):
-        credit = _prefixed(score_credit(models["credit"], apps, tx), "credit")
+        credit = _prefixed(score_credit(models["credit"], apps, orders), "credit")
         out = out.merge(credit, on="customer_id", how="left", validate="one_to_one")
     return out
 
@@ -367,7 +379,10 @@ def read_inputs(command: str, input_path: str | Path, customers_path: str | Path
         if tx is not None:  # only applicants' histories matter; every chunk then holds applications
             tx = tx[tx["customer_id"].isin(pd.unique(apps["customer_id"]))]
         return ScoreInputs(transactions=tx, applications=apps)
-    tx = read_table(input_path, "transactions", TX_COLUMNS, TX_OPTIONAL)
+    tx = read_table(input_path, "transactions", TX_COLUMNS, TX_OPTIONAL + (LINE_OPTIONAL if command in (
+        "timing", "offers") else ()))
+    if "item_id" not in tx.columns:
+        tx = tx.drop(columns=[c for c in LINE_OPTIONAL if c in tx.columns])
     cust = read_table(customers_path, "customers", ("customer_id",)) if customers_path else None
     apps = None
     if applications_path and command == "offers":
@@ -390,9 +405,9 @@ def score_chunk(command: str, models: dict, inputs: ScoreInputs, tx: pd.DataFram
     if command == "timing":
         return score_timing(models["timing"], tx, as_of, n_samples)
     if command == "discount":
-        return score_discount(models["discount"], tx, inputs.customers, as_of)
+        return score_discount(models["discount"], as_orders(tx), inputs.customers, as_of)
     if command == "credit":
-        return score_credit(models["credit"], apps, tx)
+        return score_credit(models["credit"], apps, None if tx is None else as_orders(tx))
     return score_offers(models, tx, inputs.customers, apps, as_of, n_samples)
 
 
