@@ -657,6 +657,7 @@ def fit_and_score(lines: pd.DataFrame, calibration_end: str | pd.Timestamp, hold
     b = baskets(pred, L.customers, L.items, cut_ts, cfg.min_p, cfg.max_items, model.item_names)
     out["customers_with_basket"] = float(b["customer_id"].nunique() / max(len(active), 1))
     out["mean_basket_items"] = float(b.groupby("customer_id").size().mean()) if len(b) else 0.0
+    model.fit_report["holdout"] = dict(out)
     log.info("basket: recall@10 of the next 7 / 30 days %.3f / %.3f (personal top frequency %.3f / %.3f)",
              out["time_recall_7d"], out["time_recall_30d"], out["time_recall_7d_p_topfreq"],
              out["time_recall_30d_p_topfreq"])

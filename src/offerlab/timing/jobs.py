@@ -40,6 +40,7 @@ def main_job_step(synth_dir: Path, workdir: Path) -> dict:
     tmp = out.with_suffix(".parquet.tmp")
     scores.to_parquet(tmp, index=False)
     tmp.replace(out)
+    basket = _baskets(model, synth_dir, end, workdir)
     oracle = summary.get("oracle") or {}
     return {
         "run_id": summary["run_id"],
@@ -51,4 +52,38 @@ def main_job_step(synth_dir: Path, workdir: Path) -> dict:
         "scored_customers": len(scores),
         "scoring_seconds": round(time.perf_counter() - t0, 1),
         "output": str(out),
+        **({"basket": basket} if basket else {}),
     }
+
+
+def _baskets(model, synth_dir: Path, end: pd.Timestamp, workdir: Path) -> dict | None:
+    """Every customer's prepared basket as of the end of the data (one row per customer and item) into
+    `workdir/baskets.parquet`, with the holdout metrics and one basket as an example (no customer id)."""
+    basket = getattr(model, "basket", None)
+    lines_path = Path(synth_dir) / "lines.parquet"
+    if basket is None or not lines_path.is_file():
+        return None
+    import numpy as np
+
+    from offerlab.timing.basket import baskets, days
+
+    as_of = end_of_day(end)
+    L = basket.lines(pd.read_parquet(lines_path))
+    cut = np.full(len(L.customers), float(days(pd.Series([as_of]))[0]))
+    b = baskets(basket.predict(L, cut), L.customers, L.items, as_of.normalize() + pd.Timedelta(days=1),
+                basket.cfg.min_p, basket.cfg.max_items, basket.item_names)
+    out = workdir / "baskets.parquet"
+    tmp = out.with_suffix(".parquet.tmp")
+    b.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    example = None
+    if len(b):
+        first = b[b["customer_id"] == b["customer_id"].iloc[0]]
+        example = {"reminder_date": str(first["reminder_date"].iloc[0].date()),
+                   "items": [f"{r.quantity} x {r.item_name} (P30d {r.p_30d:.2f}, due "
+                             f"{'-' if pd.isna(r.due_date) else r.due_date.date()})"
+                             for r in first.itertuples()]}
+    log.info("baskets: %d customers with a prepared basket, %.1f items on average", b["customer_id"].nunique(),
+             b.groupby("customer_id").size().mean() if len(b) else 0.0)
+    return {"holdout": {k: round(v, 4) for k, v in (basket.fit_report.get("holdout") or {}).items()},
+            "customers_with_basket": int(b["customer_id"].nunique()), "output": str(out), "example": example}

@@ -459,6 +459,7 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
             basket, basket_metrics = fit_and_score(lines, cal, end, cfg.basket.settings(cfg.training.seeds[0]
                                                                                          if cfg.training.seeds else 0))
             mlflow.log_metrics({f"basket.{k}": float(v) for k, v in basket_metrics.items()})
+        model.basket = basket  # the main job scores with it
         model_uri = None
         if cfg.mlflow.log_model:
             with tempfile.TemporaryDirectory() as tmp:
