@@ -12,17 +12,21 @@ from offerlab.serving.score import customer_chunks, run_score
 from serving_models import serving_models  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def tables(serving_models, tmp_path_factory):  # noqa: F811
-    d = tmp_path_factory.mktemp("score_inputs")
-    s = serving_models.synth
-    some = s.customers["customer_id"].head(40)  # small: scoring cost, not coverage, grows with customers
-    tx = s.transactions[s.transactions["customer_id"].isin(some)]
+def write_tables(synth, some: pd.Series, d) -> tuple[dict, pd.DataFrame]:
+    """The transactions and applications of the customers `some`, and the whole customers table, as parquet."""
+    tx = synth.transactions[synth.transactions["customer_id"].isin(some)]
     paths = {"tx": d / "tx.parquet", "cust": d / "cust.parquet", "apps": d / "apps.parquet"}
     tx.to_parquet(paths["tx"])
-    s.customers.to_parquet(paths["cust"])
-    s.applications[s.applications["customer_id"].isin(some)].to_parquet(paths["apps"])
+    synth.customers.to_parquet(paths["cust"])
+    synth.applications[synth.applications["customer_id"].isin(some)].to_parquet(paths["apps"])
     return paths, tx
+
+
+@pytest.fixture(scope="module")
+def tables(serving_models, tmp_path_factory):  # noqa: F811
+    s = serving_models.synth
+    some = s.customers["customer_id"].head(40)  # small: scoring cost, not coverage, grows with customers
+    return write_tables(s, some, tmp_path_factory.mktemp("score_inputs"))
 
 
 def _score(*args: str) -> tuple[int, str]:

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from offerlab.cli import main, score_cmd
 from offerlab.serving.score import run_score
 from serving_models import serving_models  # noqa: F401
+from test_serving_score import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 12  # customers per group: several groups (tasks) per command on 2 cores
@@ -36,17 +37,10 @@ def spark():
 @pytest.fixture(scope="module")
 def tables(serving_models, tmp_path_factory):  # noqa: F811
     """40 synthetic customers (about a third of them applicants), their applications and the customers table."""
-    d = tmp_path_factory.mktemp("spark_inputs")
     s = serving_models.synth
     applicants = s.applications["customer_id"].drop_duplicates().head(14)
     others = s.customers.loc[~s.customers["customer_id"].isin(applicants), "customer_id"].head(26)
-    some = pd.concat([applicants, others])
-    tx = s.transactions[s.transactions["customer_id"].isin(some)]
-    paths = {"tx": d / "tx.parquet", "cust": d / "cust.parquet", "apps": d / "apps.parquet"}
-    tx.to_parquet(paths["tx"])
-    s.customers.to_parquet(paths["cust"])
-    s.applications[s.applications["customer_id"].isin(some)].to_parquet(paths["apps"])
-    return paths, tx
+    return write_tables(s, pd.concat([applicants, others]), tmp_path_factory.mktemp("spark_inputs"))
 
 
 def _inputs(cmd: str, paths: dict) -> tuple[Path, dict]:
@@ -271,3 +265,31 @@ def test_timestamps_read_through_spark_get_pandas_dtypes():
     # 11:00 wall time in Berlin (UTC+1 in March) is 10:00 UTC
     assert out["b"].dt.tz is not None and out["b"].iloc[0] == pd.Timestamp("2024-03-01 10:00:00.123456", tz="UTC")
     assert out["c"].dtype == "datetime64[ms]" and out["c"].iloc[0] == pd.Timestamp("2024-03-01 10:00:00.123")
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+@pytest.mark.slow
+def test_benchmark_script_side_by_side_on_a_small_base(serving_models, tmp_path):  # noqa: F811
+    """scripts/bench_spark.py end to end on 120 synthetic customers: both engines, the same customers, figures
+    and the machine's load in the JSON (the 1M run is the README's)."""
+    import json
+    import os
+    import sys
+
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": serving_models.tracking_uri, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_spark.py"), "--customers", "120",
+                           "--workdir", str(tmp_path), "--chunk-size", "60", "--samples", "2", "--driver-memory",
+                           "1g", "--commands", "timing", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(out.read_text())
+    local, spark_run = res["results"]
+    assert (local["engine"], spark_run["engine"]) == ("local", "spark") and spark_run["same_customers_as_local"]
+    assert local["customers"] == spark_run["customers"] == 120 and spark_run["groups"] == 2
+    for r in (local, spark_run):
+        assert r["customers_per_s"] > 0 and r["core_seconds_per_1m_customers"] > 0
+        assert r["peak_tree_rss_mb"] >= r["peak_process_rss_mb"] > 100  # python + torch alone is more
+    assert spark_run["peak_tree_rss_mb"] > spark_run["peak_process_rss_mb"]  # driver, JVM and workers together
+    assert "load average" in res["uptime_before"] and res["spark_cores"] == 2
+    assert "| timing | spark | 120 |" in done.stdout

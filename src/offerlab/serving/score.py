@@ -369,6 +369,17 @@ def apply_matrices_choice(frame: pd.DataFrame, m: dict, choice: np.ndarray, pref
 
 
 # ------------------------------------------------------------------------------------------- runner
+def tx_optional(command: str) -> tuple[str, ...]:
+    """The optional transactions columns `command` reads (a line-level file's too for timing and offers)."""
+    return TX_OPTIONAL + (LINE_OPTIONAL if command in ("timing", "offers") else ())
+
+
+def kept_tx_columns(columns: list[str]) -> list[str]:
+    """The transactions columns kept of those read: without `item_id` the file is order-level and its line
+    columns are dropped."""
+    return [c for c in columns if "item_id" in columns or c not in LINE_OPTIONAL]
+
+
 def read_inputs(command: str, input_path: str | Path, customers_path: str | Path | None = None,
                 applications_path: str | Path | None = None, transactions_path: str | Path | None = None
                 ) -> ScoreInputs:
@@ -379,10 +390,8 @@ def read_inputs(command: str, input_path: str | Path, customers_path: str | Path
         if tx is not None:  # only applicants' histories matter; every chunk then holds applications
             tx = tx[tx["customer_id"].isin(pd.unique(apps["customer_id"]))]
         return ScoreInputs(transactions=tx, applications=apps)
-    tx = read_table(input_path, "transactions", TX_COLUMNS, TX_OPTIONAL + (LINE_OPTIONAL if command in (
-        "timing", "offers") else ()))
-    if "item_id" not in tx.columns:
-        tx = tx.drop(columns=[c for c in LINE_OPTIONAL if c in tx.columns])
+    tx = read_table(input_path, "transactions", TX_COLUMNS, tx_optional(command))
+    tx = tx[kept_tx_columns(list(tx.columns))]
     cust = read_table(customers_path, "customers", ("customer_id",)) if customers_path else None
     apps = None
     if applications_path and command == "offers":

@@ -312,7 +312,8 @@ def read_spark_inputs(spark, command: str, input_path, customers=None, applicati
         tx = read_spark_table(spark, transactions, "transactions", sm.TX_COLUMNS, sm.TX_OPTIONAL
                               ) if transactions else None
         return SparkInputs(transactions=tx, applications=apps)
-    tx = read_spark_table(spark, input_path, "transactions", sm.TX_COLUMNS, sm.TX_OPTIONAL)
+    tx = read_spark_table(spark, input_path, "transactions", sm.TX_COLUMNS, sm.tx_optional(command))
+    tx.columns = sm.kept_tx_columns(tx.columns)
     cust = read_spark_table(spark, customers, "customers", ("customer_id",)) if customers else None
     apps = read_spark_table(spark, applications, "applications", sm.APP_COLUMNS
                             ) if applications and command == "offers" else None
@@ -416,12 +417,14 @@ def executor_models(plan: GroupPlan) -> dict:
     for fam, m in plan.models.items():
         model = _MODELS.get(m.key)
         if model is None:
+            t0 = time.perf_counter()
             import mlflow
             from pyspark import SparkFiles
 
             _worker_setup(plan)
             model = _MODELS[m.key] = mlflow.pyfunc.load_model(SparkFiles.get(m.name))
             plan.loads.add(1)
+            plan.load_seconds.add(time.perf_counter() - t0)
         out[fam] = model
     return out
 
@@ -457,6 +460,7 @@ class GroupPlan:
     columns: list[str] | None = None  # the output columns, in order (known after the driver's sample)
     quiet: bool = True
     loads: object = None  # Spark accumulator of model loads
+    load_seconds: object = None  # and of the seconds they took (imports of mlflow and torch included)
 
 
 def ordered(pdf: pd.DataFrame) -> pd.DataFrame:
@@ -689,6 +693,12 @@ def _score_on_spark(spark, command, inputs: SparkInputs, models, shipped, when, 
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return round(clock[-1] - clock[-2], 2)
+
     tables = inputs.tables()
     for name, t in tables.items():
         if name != "transactions" and t.df.isEmpty():
@@ -710,7 +720,8 @@ def _score_on_spark(spark, command, inputs: SparkInputs, models, shipped, when, 
                      choose=command in sm.BUDGET_COMMANDS and budget is None, main=main,
                      times={n: t.times for n, t in tables.items()},
                      empty={n: empty_frame(t, session_tz) for n, t in tables.items()}, session_tz=session_tz,
-                     quiet=quiet, loads=spark.sparkContext.accumulator(0))
+                     quiet=quiet, loads=spark.sparkContext.accumulator(0),
+                     load_seconds=spark.sparkContext.accumulator(0.0))
 
     sample_out = _driver_sample(plan, models, joined, main, side_names)
     missing = [c for c in partition_by if c not in sample_out.columns or c.startswith("_")]
@@ -719,6 +730,7 @@ def _score_on_spark(spark, command, inputs: SparkInputs, models, shipped, when, 
                          f"(has {[c for c in sample_out.columns if not c.startswith('_')]})")
     plan.columns = list(sample_out.columns)
     schema = output_schema(sample_out)
+    phases = {"layout": lap()}  # row counts, customer order and groups, the driver's sample
 
     settings = {"spark.sql.shuffle.partitions": str(n_groups), "spark.sql.adaptive.coalescePartitions.enabled":
                 "false", "spark.sql.execution.arrow.pyspark.enabled": "true"}
@@ -735,6 +747,7 @@ def _score_on_spark(spark, command, inputs: SparkInputs, models, shipped, when, 
         scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             economics, pp = _economics(spark, plan, scored, models, budget, prefix)
+            phases["score"] = lap()  # every group scored (and, with a budget, the allocation on the driver)
             final = scored if pp is None else scored.mapInPandas(_bind(at_price, pp), scored.schema)
             final = final.drop("_bucket", "_pos")
             tmp = f"{out.rstrip('/')}.__tmp-{uuid.uuid4().hex[:8]}"
@@ -744,12 +757,14 @@ def _score_on_spark(spark, command, inputs: SparkInputs, models, shipped, when, 
             writer.parquet(tmp)
             rows = spark.read.parquet(tmp).count()
             replace_output(spark, tmp, out)
+            phases["write"] = lap()
         finally:
             scored.unpersist()
             ranked.unpersist()
     return {"customers": total, "rows": int(rows), "as_of": str(when) if when is not None else None, **economics,
             "engine": "spark", "master": spark.sparkContext.master, "groups": n_groups,
             "customers_per_group": chunk_size, "model_loads": int(plan.loads.value),
+            "model_load_seconds": round(float(plan.load_seconds.value), 1), "phase_seconds": phases,
             "models": {f: m.uri for f, m in shipped.items()},
             **({"partition_by": partition_by} if partition_by else {})}
 
@@ -786,7 +801,12 @@ def _driver_sample(plan: GroupPlan, models: dict, joined: dict, main: str, side_
         return restore_times(ordered(pdf), plan.times[name], plan.session_tz)
 
     sides = {n: rows(n) for n in side_names}
-    out = score_frames(plan, models, rows(main), sides)
+    quiet = logging.getLogger(sm.__name__)
+    level, _ = quiet.level, quiet.setLevel(logging.WARNING)  # its per-chunk lines would read as the run's
+    try:
+        out = score_frames(plan, models, rows(main), sides)
+    finally:
+        quiet.setLevel(level)
     out["_bucket"], out["_pos"] = 0, np.arange(len(out))
     return out
 
