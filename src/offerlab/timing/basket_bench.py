@@ -257,8 +257,9 @@ def run_bench(lines: pd.DataFrame, truth: dict | None, cfg: BasketConfig, progre
     seen = truth_matrix(L, test_mask, rows)
     click.echo(f"next basket: {len(rows):,} customers with a held-out basket, {len(L.items):,} items")
     t0 = time.perf_counter()
-    tifu = tune_tifu(L, h)
-    seconds["tifu_knn"] += time.perf_counter() - t0
+    tifu = tune_tifu(L, h) if "tifu_knn" in models else None
+    if "tifu_knn" in models:
+        seconds["tifu_knn"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = _peer_scores(L, test_mask, h["test_cut"], tifu)
     per_peer = (time.perf_counter() - t0) / 4
