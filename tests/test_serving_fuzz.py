@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from served import stop
 from serving_models import serving_models  # noqa: F401
 from test_serving_http import free_port, wait_ready
 
@@ -72,11 +73,6 @@ def test_schemathesis_every_check_finds_nothing(serving_models, tmp_path, servic
         assert counts and summary["generated"] >= 6 * 10 and summary["passed"] == summary["generated"], out[-3000:]
         assert "Selected: 6/6" in out and "Tested: 6" in out  # /offers, /offers_batch and the four health paths
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+        stop(proc, log)
     served = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in served and "input_value" not in served, served[-3000:]

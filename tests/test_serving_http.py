@@ -6,12 +6,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from served import stop, wait_for
 from serving_models import serving_models  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,17 +25,7 @@ def free_port() -> int:
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
     """Poll /readyz until 200 (models loaded in every service), failing fast if the server died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    raise TimeoutError(f"{url}/readyz not ready after {timeout:.0f} s")
+    wait_for(url, "/readyz", proc, timeout)
 
 
 @pytest.mark.slow
@@ -77,9 +67,4 @@ def test_bentoml_serve_offers_over_http(serving_models, tmp_path, service):  # n
         served = (tmp_path / "serve.log").read_text()
         assert "c-test" not in served  # no raw customer id in the logs
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+        stop(proc, log)

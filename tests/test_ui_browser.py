@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from served import stop, wait_for
 from serving_models import serving_models  # noqa: F401
 from test_serving_http import free_port, wait_ready
 
@@ -158,17 +159,7 @@ def _curve_values(points: str) -> list[float]:
 
 def _serving(url: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
     """Poll until the service answers HTTP at all (the page), its models possibly still loading."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/ui/", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url}/ui/ not served after {timeout:.0f} s")
+    wait_for(url, "/ui/", proc, timeout, every=0.2)
 
 
 def _open_page(driver, wait, url: str, key: str | None):
@@ -317,9 +308,4 @@ def test_offers_page_in_headless_chromium(serving_models, data_folder, tmp_path)
     finally:
         if driver is not None:
             driver.quit()
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+        stop(proc, log)
