@@ -181,16 +181,18 @@ class _Batches(Sampler):
     """Each epoch a fresh permutation of the rows, cut into index batches (one DataLoader item per step)."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size = n, batch_size
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
         self.drop_last = n > batch_size and n % batch_size < batch_size // 2  # no tiny, noisy last step
-        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
     def __iter__(self):
-        batches = torch.randperm(self.n, generator=self.generator).split(self.batch_size)
-        yield from batches[: len(self)]
+        # a generator per epoch from (seed, epoch), not one kept: a torch.Generator pickles its state as a
+        # temporary tensor, which ddp_spawn shares by a file descriptor that is gone before the worker reads it
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        yield from torch.randperm(self.n, generator=generator).split(self.batch_size)[: len(self)]
 
 
 def _seen(rows: int) -> torch.Tensor:
@@ -230,8 +232,8 @@ class CreditEnsembleNet(pl.LightningModule):
         self.n_cat = len(cat_sizes)
         self.register_buffer("member_fold", torch.as_tensor(member_fold, dtype=torch.long))
         # row 0 of the wide table is the padding row (unseen levels); field j's block starts at offset j
-        self.register_buffer("wide_offset", torch.as_tensor(1 + np.concatenate([[0], np.cumsum(widths)[:-1]]),
-                                                            dtype=torch.long))
+        self.register_buffer("wide_offset", torch.tensor(1 + np.concatenate([[0], np.cumsum(widths)[:-1]]),
+                                                         dtype=torch.long))
         self.register_buffer("best_epoch", torch.full((m,), -1, dtype=torch.long))  # per member (set by the fit)
         self.wide = nn.Parameter(torch.zeros(1 + sum(widths), m))  # (levels, members): embedding_bag's layout
         self.wide_cont = nn.Parameter(torch.zeros(m, n_cont))
@@ -500,9 +502,10 @@ class CreditModel:
         net = CreditEnsembleNet(list(enc.cat_sizes), list(enc.bin_sizes), enc.num.shape[1], enc.ple.shape[1],
                                 cfg.model_dump(exclude={"select_from", "blend"}), member_fold, prior, seed, keep,
                                 self.encoder.feature_index()["ple"])
-        widx, cat, cont = net.inputs(enc)
-        net.rows = _Rows(widx, cat, cont, torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(fold))
-        net.val_folds = [torch.as_tensor(va) for _, va in splits]
+        # torch-owned copies (not views of numpy arrays): ddp_spawn moves them to shared memory
+        widx, cat, cont = (t.clone() for t in net.inputs(enc))
+        net.rows = _Rows(widx, cat, cont, torch.tensor(y, dtype=torch.float32), torch.tensor(fold))
+        net.val_folds = [torch.tensor(va) for _, va in splits]
         batch, net.fit_lr = cfg.step_size(len(splits[0][0]))
         train_dl = DataLoader(net.rows, sampler=_Batches(len(y), batch, seed), batch_size=None)
         val_dl = DataLoader([0], batch_size=None)  # one step: validation_step scores every fold itself
