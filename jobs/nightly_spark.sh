@@ -18,7 +18,8 @@ spark-submit \
   --conf spark.pyspark.python=./environment/bin/python \
   --conf spark.yarn.appMasterEnv.MLFLOW_TRACKING_URI="$MLFLOW_TRACKING_URI" \
   --conf spark.sql.session.timeZone=UTC \
-  --num-executors 16 --executor-cores 4 --executor-memory 12g --driver-memory 8g \
+  --conf spark.executor.memoryOverhead=6g \
+  --num-executors 16 --executor-cores 4 --executor-memory 8g --driver-memory 8g \
   jobs/score_spark.py offers \
     --input "$LAKE/transactions/" --customers "$LAKE/customers/" --applications "$LAKE/applications/" \
     --output "$LAKE/offers/day=$DAY" --alias champion --chunk-size 50000 --partition-by discount_level --force
