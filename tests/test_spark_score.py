@@ -266,30 +266,3 @@ def test_timestamps_read_through_spark_get_pandas_dtypes():
     assert out["b"].dt.tz is not None and out["b"].iloc[0] == pd.Timestamp("2024-03-01 10:00:00.123456", tz="UTC")
     assert out["c"].dtype == "datetime64[ms]" and out["c"].iloc[0] == pd.Timestamp("2024-03-01 10:00:00.123")
 
-
-# ------------------------------------------------------------------------------------------- benchmark
-@pytest.mark.slow
-def test_benchmark_script_side_by_side_on_a_small_base(serving_models, tmp_path):  # noqa: F811
-    """scripts/bench_spark.py end to end on 120 synthetic customers: both engines, the same customers, figures
-    and the machine's load in the JSON (the 1M run is the README's)."""
-    import json
-    import os
-    import sys
-
-    out = tmp_path / "bench.json"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": serving_models.tracking_uri, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_spark.py"), "--customers", "120",
-                           "--workdir", str(tmp_path), "--chunk-size", "60", "--samples", "2", "--driver-memory",
-                           "1g", "--commands", "timing", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    res = json.loads(out.read_text())
-    local, spark_run = res["results"]
-    assert (local["engine"], spark_run["engine"]) == ("local", "spark") and spark_run["same_customers_as_local"]
-    assert local["customers"] == spark_run["customers"] == 120 and spark_run["groups"] == 2
-    for r in (local, spark_run):
-        assert r["customers_per_s"] > 0 and r["core_seconds_per_1m_customers"] > 0
-        assert r["peak_tree_rss_mb"] >= r["peak_process_rss_mb"] > 100  # python + torch alone is more
-    assert spark_run["peak_tree_rss_mb"] > spark_run["peak_process_rss_mb"]  # driver, JVM and workers together
-    assert "load average" in res["uptime_before"] and res["spark_cores"] == 2
-    assert "| timing | spark | 120 |" in done.stdout
