@@ -79,15 +79,21 @@ def run_command(command: str, synth: Path, out_dir: Path, chunk_size: int, sampl
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def scoring_args(doc: str | None, commands: str, chunk_help: str | None = None) -> argparse.ArgumentParser:
+    """The arguments every scoring benchmark shares (this script's and scripts/bench_spark.py's)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--customers", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path("runs/bench_score"))
     p.add_argument("--train-customers", type=int, default=5_000, help="synthetic set for models when none exist")
-    p.add_argument("--commands", default="offers,timing,discount,credit")
-    p.add_argument("--chunk-size", type=int, default=50_000)
+    p.add_argument("--commands", default=commands)
+    p.add_argument("--chunk-size", type=int, default=50_000, help=chunk_help)
     p.add_argument("--samples", type=int, default=100, help="timing Monte Carlo paths per customer")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = scoring_args(__doc__, "offers,timing,discount,credit")
     p.add_argument("--out", type=Path, default=Path("experiments/results/bench_score.json"))
     a = p.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ hold the same customers. `uptime` before and after goes into the JSON: the machi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -108,14 +107,9 @@ def same_customers(local: Path, spark: Path, command: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--customers", type=int, default=1_000_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", type=Path, default=Path("runs/bench_score"))
-    p.add_argument("--train-customers", type=int, default=5_000, help="synthetic set for models when none exist")
-    p.add_argument("--commands", default="offers")
-    p.add_argument("--chunk-size", type=int, default=50_000, help="customers per chunk = per Spark group (task)")
-    p.add_argument("--samples", type=int, default=100, help="timing Monte Carlo paths per customer")
+    from bench_score import scoring_args  # scripts/ is on the path when a script runs
+
+    p = scoring_args(__doc__, "offers", "customers per chunk = per Spark group (task)")
     p.add_argument("--spark-master", default="local[2]")
     p.add_argument("--driver-memory", default="6g", help="local mode: the JVM (driver = executor) heap")
     p.add_argument("--out", type=Path, default=Path("experiments/results/score_spark.json"))

@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 
 from serving_models import serving_models  # noqa: F401
+from test_serving_service import _mutate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -119,14 +120,7 @@ def test_the_spec_example_gets_a_200_that_fits_the_answer_schema(client, spec):
     (("attributes", "acquired_at_days"), 2e9, ["attributes", "acquired_at_days"], "less_than_equal"),
 ])
 def test_a_body_the_spec_refuses_is_a_400_naming_the_field(client, spec, path, value, loc, why):
-    body = _example(spec)
-    node = body
-    for k in path[:-1]:
-        node = node[k]
-    if value is None:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
+    body = _mutate(_example(spec), path, KeyError if value is None else value)  # None: the key left out
     r = client.post("/offers", json=body)
     assert r.status_code == 400, r.text
     _check(spec, "/offers", 400, r.json())
