@@ -90,7 +90,10 @@ def get_spark(master: str | None = None, conf: dict[str, str] | None = None, pro
     if (master or ("" if submitted else "local")).startswith("local"):
         settings["spark.ui.enabled"] = "false"
     if not os.environ.get("PYSPARK_PYTHON"):
-        settings["spark.pyspark.python"] = sys.executable  # workers import offerlab from this environment
+        # Workers import offerlab from this environment. pyspark's driver reads the variable, not the conf key
+        # (`spark.pyspark.python` only reaches spark-submit): without it a worker runs the PATH's python3.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        settings["spark.pyspark.python"] = sys.executable
     if is_quiet():
         settings.update({"spark.executorEnv.PYTHONWARNINGS": "ignore", "spark.executorEnv.OFFERLAB_QUIET": "1",
                          "spark.executorEnv.MLFLOW_LOGGING_LEVEL": "ERROR",
