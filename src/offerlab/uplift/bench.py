@@ -12,6 +12,12 @@ measures how much of the oracle the features can reach at all (the oracle knows 
 observable oracle (`synth.campaign_truth_observable`: the truth's expectation given what the tables show,
 from the generator's own posterior) is the fair ceiling: each model's profit is also reported as a share of it.
 
+A campaign that logs returns, under a policy that counts them (`policy.returns`), is scored on profit net of
+returns throughout: the observed profit on kept revenue, the truth from `exp_returned_<level>` (and `p_return_<level>`
+for a handling cost). A model that predicts no returns (the peers) gets the split's `ReturnModel` fitted on the
+training rows. The oracle block then carries `returns`: the same model's policy with returns counted against the
+same predictions with returns ignored, at the same budgets, both valued on the true profit net of true returns.
+
 A targeted (non-randomised) log without known propensities is evaluated with estimated ones, the same for every
 model (`evaluation_propensity`: cross-fitted on the training rows, a classifier fitted on them for the test rows),
 on the test rows inside the common support only (every level's estimated probability >= the net's
@@ -39,6 +45,7 @@ from offerlab.uplift.policy import (
     PolicyConfig,
     best_single_level,
     choose_levels,
+    control_profit,
     evaluate_policy,
     level_economics,
     observed_profit,
@@ -159,6 +166,10 @@ def score_split(model, train: CampaignData, test: CampaignData, policy: PolicyCo
     if propensity is None:
         propensity = evaluation_propensity(train, test)
     pred = model.predict_levels(test.features)
+    if policy.counts_returns and "returned" not in pred:  # a model without its own return part: the split's
+        from offerlab.uplift.returns import ReturnModel
+
+        pred = ReturnModel(seed=0).fit(train).add_to(pred, test.features)
     if propensity is not None:
         keep_test, keep_train = np.flatnonzero(propensity["inside_test"]), np.flatnonzero(propensity["inside_train"])
         pred = {k: v[keep_test] for k, v in pred.items()}
@@ -168,16 +179,16 @@ def score_split(model, train: CampaignData, test: CampaignData, policy: PolicyCo
     uplift = pd.DataFrame(pred[metric_outcome][:, 1:] - pred[metric_outcome][:, :1], columns=test.levels[1:])
     out: dict = per_treatment_metrics(uplift, test.treatment_names, test.outcome(metric_outcome), test.control)
     d = policy.discount_rates(test.levels, test.discounts)
-    profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
+    profit, spend = policy.matrices_at(pred, d)
     choice, used = choose_levels(profit, spend)
-    mu = policy.margin * pred["revenue"][:, :1] + profit  # expected absolute profit per level (for DR)
+    mu = control_profit(pred, policy)[:, None] + profit  # expected absolute profit per level (for DR)
     if propensity is not None:
         e_test, e_train = propensity["test"][keep_test], propensity["train"][keep_train]
     else:
         e_test = test.propensity if test.propensity is not None else model.predict_propensity(test.features)
         e_train = train.propensity if train.propensity is not None else model.predict_propensity(train.features)
-    y_test = observed_profit(test.treatment, test.revenue, d, policy.margin, policy.contact_cost)
-    y_train = observed_profit(train.treatment, train.revenue, d, policy.margin, policy.contact_cost)
+    y_test, y_train = (observed_profit(x.treatment, x.revenue, d, policy.margin, policy.contact_cost,
+                                       *_logged_returns(x, policy)) for x in (test, train))
     best = best_single_level(train.treatment, y_train, e_train)
     out.update(evaluate_policy(choice, test.treatment, y_test, e_test, mu, test.levels, best))
     out["level_share"] = {lv: float((choice == i).mean()) for i, lv in enumerate(test.levels)}
@@ -194,11 +205,45 @@ def score_split(model, train: CampaignData, test: CampaignData, policy: PolicyCo
     return out
 
 
+def _logged_returns(data: CampaignData, policy: PolicyConfig) -> tuple[np.ndarray | None, float]:
+    """(returned revenue, handling cost) the observed profit counts: the log's returns when the policy counts them."""
+    if not policy.counts_returns:
+        return None, 0.0
+    return data.returned_revenue, float(policy.returns.handling_cost)
+
+
+def _truth_stack(truth: pd.DataFrame, name: str, levels: list[str], prefix: str = "") -> np.ndarray | None:
+    cols = [f"{prefix}{name}_{lv}" for lv in levels]
+    return truth[cols].to_numpy(dtype=float) if all(c in truth for c in cols) else None
+
+
+def true_matrices(truth: pd.DataFrame, levels: list[str], policy: PolicyConfig, d: np.ndarray, prefix: str = ""
+                  ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """True incremental profit and spend (n, L) from the truth's expected revenue per level, net of the truth's
+    expected returns when the policy counts them (`exp_returned_<level>`; `p_return_<level>` for a handling cost).
+    With `prefix` (the observable oracle's columns) (None, None) where the truth lacks a column; without it a
+    missing column is refused."""
+    rev = _truth_stack(truth, "exp_revenue", levels, prefix)
+    returned = p_ret = None
+    handling = float(policy.returns.handling_cost) if policy.counts_returns else 0.0
+    if policy.counts_returns:
+        returned = _truth_stack(truth, "exp_returned", levels, prefix)
+        p_ret = _truth_stack(truth, "p_return", levels, prefix) if handling > 0 else None
+    missing = (rev is None or (policy.counts_returns and returned is None) or (handling > 0 and p_ret is None))
+    if missing:
+        if prefix:
+            return None, None
+        need = "exp_revenue_<level>" + (", exp_returned_<level>" if policy.counts_returns else "") + (
+            ", p_return_<level>" if handling > 0 else "")
+        raise ValueError(f"the campaign truth lacks columns for the policy's economics: need {need} for levels "
+                         f"{levels}")
+    return level_economics(rev, d, policy.margin, policy.contact_cost, returned, p_ret, handling)
+
+
 def true_policy_value(choice: np.ndarray, levels: list[str], truth: pd.DataFrame, policy: PolicyConfig,
                       d: np.ndarray) -> float:
     """True expected incremental profit per customer over treat-none of giving each customer `choice`."""
-    true_rev = np.stack([truth[f"exp_revenue_{lv}"].to_numpy() for lv in levels], axis=1)
-    t_profit, _ = level_economics(true_rev, d, policy.margin, policy.contact_cost)
+    t_profit, _ = true_matrices(truth, levels, policy, d)
     return float(t_profit[np.arange(len(choice)), choice].mean())
 
 
@@ -209,14 +254,11 @@ def oracle_gap(pred: dict, test: CampaignData, truth: pd.DataFrame, policy: Poli
     Two oracles pick levels under the same budget: the oracle knows each customer's true expected outcomes
     (latent traits included); the observable oracle (where the truth carries `observable_*` columns) knows
     their expectation given what the tables show, the best any model on these features could do."""
-    true_rev = np.stack([truth[f"exp_revenue_{lv}"].to_numpy() for lv in test.levels], axis=1)
-    obs_cols = [f"{OBSERVABLE}exp_revenue_{lv}" for lv in test.levels]
-    obs_profit, obs_spend = (level_economics(truth[obs_cols].to_numpy(), d, policy.margin, policy.contact_cost)
-                             if all(c in truth for c in obs_cols) else (None, None))
+    obs_profit, obs_spend = true_matrices(truth, test.levels, policy, d, prefix=OBSERVABLE)
     true_conv = np.stack([truth[f"p_conv_{lv}"].to_numpy() for lv in test.levels], axis=1)
-    t_profit, t_spend = level_economics(true_rev, d, policy.margin, policy.contact_cost)
-    e_profit, e_spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
-    rows = np.arange(len(true_rev))
+    t_profit, t_spend = true_matrices(truth, test.levels, policy, d)
+    e_profit, e_spend = policy.matrices_at(pred, d)
+    rows = np.arange(len(t_profit))
     oracle_choice, oracle_spend = choose_levels(t_profit, t_spend)
     shares = {}
     for s in budget_shares:
@@ -239,10 +281,46 @@ def oracle_gap(pred: dict, test: CampaignData, truth: pd.DataFrame, policy: Poli
     rmse_conv = np.sqrt((((pred["conversion"] - pred["conversion"][:, :1]) - (true_conv - true_conv[:, :1])) ** 2
                          ).mean(axis=0))
     rmse_profit = np.sqrt(((e_profit - t_profit) ** 2).mean(axis=0))
-    return {"profit_share": shares,
-            "uplift_rmse": {lv: float(rmse_conv[i]) for i, lv in enumerate(test.levels) if i > 0},
-            "profit_uplift_rmse": {lv: float(rmse_profit[i]) for i, lv in enumerate(test.levels) if i > 0},
-            "oracle_unconstrained_spend": float(oracle_spend)}
+    out = {"profit_share": shares,
+           "uplift_rmse": {lv: float(rmse_conv[i]) for i, lv in enumerate(test.levels) if i > 0},
+           "profit_uplift_rmse": {lv: float(rmse_profit[i]) for i, lv in enumerate(test.levels) if i > 0},
+           "oracle_unconstrained_spend": float(oracle_spend)}
+    if policy.counts_returns:
+        out["returns"] = returns_comparison(pred, test, truth, policy, d, t_profit, t_spend, oracle_spend,
+                                            budget_shares)
+    return out
+
+
+def returns_comparison(pred: dict, test: CampaignData, truth: pd.DataFrame, policy: PolicyConfig, d: np.ndarray,
+                       t_profit: np.ndarray, t_spend: np.ndarray, oracle_spend: float, budget_shares=(0.1, 0.3, 1.0)
+                       ) -> dict:
+    """The same predictions priced with returns counted and with returns ignored, at the same budgets (shares of the
+    oracle's unconstrained spend, net of returns; "none" = no budget), each choice valued on the true profit net of
+    true returns. Also the mean discount rate each gives to the most return-prone quarter (by the truth's returned
+    share of revenue at the deepest level) and to the rest."""
+    ignore = policy.model_copy(update={"returns": policy.returns.model_copy(update={"counted": False})})
+    with_p, with_s = policy.matrices_at(pred, d)
+    wo_p, wo_s = ignore.matrices_at(pred, d)
+    rows = np.arange(len(t_profit))
+    deep = int(np.argmax(d))
+    share = (truth[f"exp_returned_{test.levels[deep]}"] / truth[f"exp_revenue_{test.levels[deep]}"].clip(lower=1e-9)
+             ).to_numpy()
+    prone = share >= np.quantile(share, 0.75)
+    out = {}
+    for s in (*budget_shares, None):
+        budget = None if s is None else s * oracle_spend
+        block = {"budget": None if budget is None else float(budget)}
+        for name, (p, sp) in {"with_returns": (with_p, with_s), "ignoring_returns": (wo_p, wo_s)}.items():
+            choice, _ = choose_levels(p, sp, budget)
+            block[name] = {"true_profit_per_customer": float(t_profit[rows, choice].mean()),
+                           "true_spend_per_customer": float(t_spend[rows, choice].mean()),
+                           "share_treated": float((choice > 0).mean()),
+                           "discount_rate_return_prone": float(d[choice][prone].mean()),
+                           "discount_rate_others": float(d[choice][~prone].mean())}
+        block["gain_per_customer"] = (block["with_returns"]["true_profit_per_customer"]
+                                      - block["ignoring_returns"]["true_profit_per_customer"])
+        out["none" if s is None else f"{s:g}"] = block
+    return out
 
 
 def _agg(values: list) -> object:
@@ -266,6 +344,9 @@ def protocol_text(cfg: UpliftConfig, seeds: list[int], n: int, levels: list[str]
     p = cfg.policy
     value = ("one unit of value per visit (revenue = visit)" if cfg.data.outcome == "visit" and
              cfg.data.dataset == "hillstrom" else "revenue net of the discount")
+    if p.counts_returns:
+        value += (f" and of returns (refunded revenue loses its margin; {p.returns.handling_cost:g} per returned "
+                  "order; a per-level return model gives each level's expected returns)")
     return (
         f"{cfg.data.dataset}: {n} customers, levels {levels} (control first); stratified (treatment x outcome) "
         f"{round((1 - cfg.data.test_size) * 100)}/{round(cfg.data.test_size * 100)} splits, seeds {seeds}; metrics "
@@ -294,7 +375,10 @@ def run_bench(cfg: UpliftConfig, out: str | Path, seeds: int = 5, models: tuple[
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t_load = time.perf_counter()
+    from offerlab.uplift.returns import check_returns_declared
+
     data, truth, meta = load_campaign(cfg)
+    check_returns_declared(data, cfg.policy)
     log.info("loaded %d campaign rows in %.1fs", len(data), time.perf_counter() - t_load)
     refs = ("feature_oracle",) if truth is not None and feature_oracle else ()  # the features' information ceiling (synthetic only)
     per_model: dict[str, list[dict]] = {m: [] for m in (*models, *refs)}
@@ -348,6 +432,13 @@ def run_bench(cfg: UpliftConfig, out: str | Path, seeds: int = 5, models: tuple[
         "seconds": {m: round(s, 1) for m, s in seconds.items()},
         "config": {"net": cfg.net.model_dump(), "trainer": cfg.trainer.model_dump()},
     }
+    ours = (result["oracle"] or {}).get("offerlab") or {}
+    if "returns" in ours:  # the headline of a returns-aware campaign: ours with returns counted vs ignored
+        result["returns_comparison"] = {
+            "what": "true incremental profit per customer net of true returns (exp_returned_<level>) of the same "
+                    "fitted model's policy with returns counted vs ignored, same budgets (shares of the oracle's "
+                    "unconstrained spend; 'none' = no budget), mean (std) over the seeds",
+            **ours["returns"]}
     result["targets"] = check_targets(result)
     if predictions is not None:
         from offerlab.serving.score import write_atomic

@@ -118,6 +118,9 @@ class CampaignData:
     assignment: str = "unknown"
     # the logs stacked into this data (`campaign.logs.combine_logs`): per log its rows, probabilities and support
     sources: list[dict] | None = None
+    # what the customer sent back of the campaign-window purchase (0 <= returned <= revenue), if logged: an outcome
+    # the return model learns from (`uplift.returns`), never a feature
+    returned_revenue: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.treatment)
@@ -137,6 +140,7 @@ class CampaignData:
             levels=self.levels, propensity=None if self.propensity is None else self.propensity[idx],
             cost=None if self.cost is None else self.cost[idx], discounts=self.discounts,
             assignment=self.assignment, sources=self.sources,
+            returned_revenue=None if self.returned_revenue is None else self.returned_revenue[idx],
         )
 
     def outcome(self, kind: str) -> np.ndarray:
@@ -153,6 +157,22 @@ def _treatment_codes(treatment: pd.Series, levels: list[str]) -> np.ndarray:
         bad = treatment.astype(str)[codes < 0].iloc[0]
         raise DataValidationError("campaign", "treatment", f"level not in {levels}", repr(bad))
     return codes.astype(np.int64)
+
+
+def _returned(campaign: pd.DataFrame) -> np.ndarray | None:
+    """The campaign's `returned_revenue` outcome, checked against its revenue; None when not logged."""
+    if "returned_revenue" not in campaign:
+        return None
+    r = pd.to_numeric(campaign["returned_revenue"], errors="coerce").to_numpy(dtype=float)
+    rev = campaign["revenue"].to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(r) | (r < 0) | (r > rev + 1e-9 * np.maximum(1.0, np.abs(rev))))
+    if len(bad):
+        i = int(bad[0])
+        raise DataValidationError("campaign", "returned_revenue", "must be a number in [0, revenue] (what the "
+                                  f"customer sent back of the purchase); {len(bad)} rows are not",
+                                  repr({"customer_id": campaign["customer_id"].iloc[i],
+                                        "revenue": float(rev[i]), "returned_revenue": r[i]}))
+    return r
 
 
 def _known_propensity(campaign: pd.DataFrame, codes: np.ndarray, n_levels: int) -> np.ndarray | None:
@@ -242,7 +262,7 @@ def from_synth(synth) -> CampaignData:
         levels=levels, propensity=_known_propensity(camp, codes, len(levels)),
         cost=camp["cost"].to_numpy(dtype=float) if "cost" in camp else None,
         discounts={lv: float(meta["discounts"][lv]) for lv in levels},
-        assignment=meta.get("campaign_assignment", "randomised"),
+        assignment=meta.get("campaign_assignment", "randomised"), returned_revenue=_returned(camp),
     )
 
 
@@ -259,7 +279,7 @@ def from_campaign(campaign: pd.DataFrame, *, control: str, levels: list[str] | N
     if levels[0] != control:
         levels = [control] + [lv for lv in levels if lv != control]
     codes = _treatment_codes(campaign["treatment"], levels)
-    reserved = {"customer_id", "treatment", "conversion", "revenue", "cost", "propensity"}
+    reserved = {"customer_id", "treatment", "conversion", "revenue", "cost", "propensity", "returned_revenue"}
     cols = feature_columns if feature_columns is not None else (
         [] if transactions is not None else [c for c in campaign.columns if c not in reserved])
     parts = []
@@ -288,6 +308,7 @@ def from_campaign(campaign: pd.DataFrame, *, control: str, levels: list[str] | N
         levels=levels, propensity=_known_propensity(campaign, codes, len(levels)),
         cost=campaign["cost"].to_numpy(dtype=float) if "cost" in campaign else None,
         discounts={lv: 0.0 if lv == control else float(discounts[lv]) for lv in levels},
+        returned_revenue=_returned(campaign),
     )
 
 

@@ -46,14 +46,15 @@ def main_job_step(synth_dir: Path, workdir: Path) -> dict:
 def _score_all(cfg, model_path: Path, out_path: Path) -> dict:
     from offerlab.uplift.bench import load_campaign
     from offerlab.uplift.model import UpliftModel
-    from offerlab.uplift.policy import choose_levels, level_economics
+    from offerlab.uplift.policy import choose_levels
+    from offerlab.uplift.returns import check_returns_declared
 
     data, _, _ = load_campaign(cfg)
+    check_returns_declared(data, cfg.policy)
     model = UpliftModel.load(model_path)
     rec = model.recommend(data.features, cfg.policy, customer_id=data.customer_id)
     pred = model.predict_levels(data.features)
-    d = cfg.policy.discount_rates(model.levels, model.discounts)
-    profit, spend = level_economics(pred["revenue"], d, cfg.policy.margin, cfg.policy.contact_cost)
+    profit, spend = cfg.policy.level_matrices(pred, model.levels, model.discounts)
     budget = 0.3 * spend[np.arange(len(spend)), rec["level"].map({lv: i for i, lv in enumerate(model.levels)})].sum()
     choice, _ = choose_levels(profit, spend, budget)
     rec["level_budget_30pct"] = pd.Series(np.asarray(model.levels, dtype=object)[choice])

@@ -321,6 +321,7 @@ class UpliftModel:
         self.propensity_model = None  # a targeted log's assignment classifier, for rows the fit never saw
         # DR second stage: per outcome, (coef (L, F), intercept (L,)) of the correction added to each level
         self.dr_correction: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.returns = None  # the per-level return model (uplift.returns.ReturnModel) of a log with returned_revenue
 
     # ---------------------------------------------------------------------------------------- fitting
     def _tensors(self, x: np.ndarray, data: CampaignData, weights: np.ndarray, prop: np.ndarray
@@ -370,6 +371,14 @@ class UpliftModel:
         A targeted log takes the doubly robust path (module docstring). Stacked campaign logs
         (`data.sources`) are reported in `fit_report["logs"]`."""
         self._fit(data, callbacks)
+        self.returns = None
+        if data.returned_revenue is not None:
+            from offerlab.uplift.returns import ReturnModel
+
+            self.returns = ReturnModel(self.seed).fit(data, self.encoder)
+            self.fit_report["returns"] = self.returns.report
+            log.info("uplift fit: return model on %d buyers (%.1f%% returned something)", self.returns.report["buyers"],
+                     100 * self.returns.report["return_rate"])
         if data.sources:
             self.fit_report["logs"] = data.sources
         return self
@@ -577,14 +586,18 @@ class UpliftModel:
 
     def predict_levels(self, features: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
         """Expected conversion and revenue under each level, arrays (n, L) in `self.levels` order
-        (with the DR second stage added when the model was fitted on a targeted log)."""
+        (with the DR second stage added when the model was fitted on a targeted log); with a return model also
+        `returned` (expected returned revenue) and `p_return` (probability of a return) per level."""
         x = self._encode(features)
-        return self._levels_from_raw(self._raw_nets(self.nets, x), x)
+        return self._with_returns(self._levels_from_raw(self._raw_nets(self.nets, x), x), x)
 
     def predict_levels_members(self, features: pd.DataFrame | np.ndarray) -> list[dict[str, np.ndarray]]:
         """`predict_levels` of each ensemble member alone (the spread is the model's own uncertainty)."""
         x = self._encode(features)
-        return [self._levels_from_raw(self._raw_nets([net], x), x) for net in self.nets]
+        return [self._with_returns(self._levels_from_raw(self._raw_nets([net], x), x), x) for net in self.nets]
+
+    def _with_returns(self, pred: dict[str, np.ndarray], x: torch.Tensor) -> dict[str, np.ndarray]:
+        return pred if getattr(self, "returns", None) is None else self.returns.add_to(pred, x.numpy())
 
     def _levels_from_raw(self, raw: dict[str, np.ndarray], x: torch.Tensor) -> dict[str, np.ndarray]:
         conversion = raw["p"]
@@ -635,6 +648,7 @@ class UpliftModel:
             "nets": [n.state_dict() for n in self.nets],
             "fit_report": self.fit_report, "propensity_model": self.propensity_model,
             "dr_correction": {k: [v[0].tolist(), v[1].tolist()] for k, v in self.dr_correction.items()},
+            "returns": self.returns,
         }
 
     def save(self, path) -> None:
@@ -650,6 +664,7 @@ class UpliftModel:
         m.known_propensity = None if s["known_propensity"] is None else np.asarray(s["known_propensity"])
         m.fit_report, m.propensity_model = s.get("fit_report", {}), s.get("propensity_model")
         m.dr_correction = {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in s.get("dr_correction", {}).items()}
+        m.returns = s.get("returns")
         for sd in s["nets"]:
             net = MultiTreatmentNet(s["n_features"], len(m.levels), s["net_cfg"],
                                     revenue_head=not m.revenue_is_conversion, n_numeric=len(m.encoder.numeric))

@@ -7,6 +7,10 @@ list price (the goods cost the same whatever the discount), and the discount is 
     spend_l  = expected discount paid + contact cost = E[rev_l] d_l / (1 - d_l) + contact_cost
     profit_l = margin (E[gross_l] - E[gross_control]) - spend_l        (incremental over control)
 i.e. realised profit = margin x gross - discount paid - contact = rev - (1 - margin) gross - contact.
+With returns counted (`policy.returns`, see `uplift/returns.py`) the same identity runs on the kept revenue
+rev - returned (the refund loses the margin of the goods sent back and refunds their discount), and each
+return costs `handling_cost`: profit_l -= handling_cost (P(return)_l - P(return)_control); spend stays the
+discount paid on what is kept plus the contact cost (handling is an operating cost, not campaign spend).
 (margin x net revenue - discount paid would charge the discount twice: once inside the net revenue,
 once as a cost.) The synthetic generator's truth (`synth.true_expected_profit`) uses the same identity.
 Without a budget each customer gets argmax(0, profit_1, ..., profit_L). With a total budget B on expected spend, the choice is
@@ -23,6 +27,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from offerlab.uplift.returns import ReturnsPolicy
+
 
 class PolicyConfig(BaseModel):
     """Margin, contact cost, discount rates and budget of a campaign: money, so nothing has a default. The
@@ -38,12 +44,35 @@ class PolicyConfig(BaseModel):
     price_of_spend: float | None = Field(None, ge=0, description="the budget's shadow price found at training "
                                          "(profit given up per unit of spend); serving picks argmax profit - "
                                          "price x spend one customer at a time. None = 0 (plain argmax)")
+    returns: ReturnsPolicy | None = Field(None, description="how returns are counted (counted, handling_cost); "
+                                          "required when the campaign logs returned_revenue")
 
-    def level_matrices(self, revenue: np.ndarray, levels: list[str], default: dict[str, float] | None = None
+    @property
+    def counts_returns(self) -> bool:
+        return self.returns is not None and self.returns.counted
+
+    def level_matrices(self, pred: np.ndarray | dict, levels: list[str], default: dict[str, float] | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
-        """Expected incremental profit and spend (n, L) of each level from the expected net revenue per level,
-        at this policy's rates (`discount_rates(levels, default)`), margin and contact cost."""
-        return level_economics(revenue, self.discount_rates(levels, default), self.margin, self.contact_cost)
+        """Expected incremental profit and spend (n, L) of each level from the model's predictions per level
+        (a dict with `revenue`, and `returned` / `p_return` when returns are counted; or the revenue array alone
+        for a policy that does not count returns), at this policy's rates (`discount_rates(levels, default)`),
+        margin, contact cost and returns treatment."""
+        return self.matrices_at(pred, self.discount_rates(levels, default))
+
+    def matrices_at(self, pred: np.ndarray | dict, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`level_matrices` at the rates `d` (levels order, already checked)."""
+        if not isinstance(pred, dict):
+            if self.counts_returns:
+                raise ValueError("policy.returns.counted is true but only revenue was given: the economics need the "
+                                 "model's expected returned revenue per level (a model fitted with returned_revenue)")
+            return level_economics(pred, d, self.margin, self.contact_cost)
+        if not self.counts_returns:
+            return level_economics(pred["revenue"], d, self.margin, self.contact_cost)
+        if "returned" not in pred:
+            raise ValueError("policy.returns.counted is true but the model predicts no returns: it was fitted on a "
+                             "campaign without returned_revenue; retrain with it or set policy.returns.counted: false")
+        return level_economics(pred["revenue"], d, self.margin, self.contact_cost, returned=pred["returned"],
+                               p_return=pred.get("p_return"), handling_cost=float(self.returns.handling_cost))
 
     def discount_rates(self, levels: list[str], default: dict[str, float] | None = None) -> np.ndarray:
         """Rates in `levels` order (levels[0] is the control: 0 unless stated); a treated level without a rate
@@ -61,17 +90,40 @@ class PolicyConfig(BaseModel):
         return d
 
 
-def level_economics(revenue: np.ndarray, discounts: np.ndarray, margin: float, contact_cost: float
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Incremental profit and spend per customer and level (n, L); column 0 (control) is 0, 0."""
+def level_economics(revenue: np.ndarray, discounts: np.ndarray, margin: float, contact_cost: float,
+                    returned: np.ndarray | None = None, p_return: np.ndarray | None = None,
+                    handling_cost: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Incremental profit and spend per customer and level (n, L); column 0 (control) is 0, 0.
+    With `returned` (expected returned net revenue per level) the economics run on the kept revenue; with
+    `handling_cost` > 0, `p_return` (probability of a return per level) prices each return."""
     revenue = np.clip(np.asarray(revenue, dtype=float), 0.0, None)  # a regressor may predict below 0
+    if returned is not None:
+        revenue = np.clip(revenue - np.asarray(returned, dtype=float), 0.0, None)
     d = np.asarray(discounts, dtype=float)
     gross = revenue / (1.0 - d)
     spend = gross - revenue + contact_cost  # discount paid + contact
     spend[:, 0] = 0.0
     profit = margin * (gross - gross[:, :1]) - spend
+    if handling_cost > 0:
+        if p_return is None:
+            raise ValueError("a handling cost per return needs the probability of a return per level (p_return)")
+        p = np.asarray(p_return, dtype=float)
+        profit = profit - handling_cost * (p - p[:, :1])
     profit[:, 0] = 0.0
     return profit, spend
+
+
+def control_profit(pred: dict, policy: PolicyConfig) -> np.ndarray:
+    """Expected absolute profit under the control (no discount, no contact): margin x kept revenue, less the
+    handling of its returns when they are counted (the base the DR estimate adds incremental profit to)."""
+    rev = np.clip(pred["revenue"][:, 0], 0.0, None)
+    if not policy.counts_returns:
+        return policy.margin * rev
+    kept = np.clip(rev - pred["returned"][:, 0], 0.0, None)
+    out = policy.margin * kept
+    if policy.returns.handling_cost:
+        out = out - policy.returns.handling_cost * pred["p_return"][:, 0]
+    return out
 
 
 def choose_at_price(profit: np.ndarray, spend: np.ndarray, price: float) -> np.ndarray:
@@ -157,7 +209,7 @@ def recommend(pred: dict[str, np.ndarray], levels: list[str], policy: PolicyConf
     Columns: customer_id, level, treat (bool), expected_incremental_profit, expected_spend,
     p_conversion (under the chosen level), expected_revenue, uplift_conversion (vs control).
     """
-    profit, spend = policy.level_matrices(pred["revenue"], levels, discounts)
+    profit, spend = policy.level_matrices(pred, levels, discounts)
     budget = policy.budget if budget is None else budget
     choice = choose_levels(profit, spend, budget)[0] if budget is not None else choose_at_price(profit, spend, price)
     rows = np.arange(len(choice))
@@ -171,17 +223,25 @@ def recommend(pred: dict[str, np.ndarray], levels: list[str], policy: PolicyConf
         "p_conversion": pred["conversion"][rows, choice],
         "expected_revenue": pred["revenue"][rows, choice],
         "uplift_conversion": pred["conversion"][rows, choice] - pred["conversion"][:, 0],
+        **({"expected_returned_revenue": pred["returned"][rows, choice]} if "returned" in pred else {}),
     })
 
 
 # ---------------------------------------------------------------------------------------- off-policy value
 def observed_profit(treatment: np.ndarray, revenue: np.ndarray, discounts: np.ndarray, margin: float,
-                    contact_cost: float) -> np.ndarray:
+                    contact_cost: float, returned: np.ndarray | None = None, handling_cost: float = 0.0
+                    ) -> np.ndarray:
     """Realised profit of each logged customer: margin x gross (list-price) revenue - discount paid - contact
-    cost if treated, with gross = revenue / (1 - d) (the convention of `level_economics`)."""
+    cost if treated, with gross = revenue / (1 - d) (the convention of `level_economics`). With `returned` (the
+    log's returned revenue, when returns are counted) on the kept revenue, less `handling_cost` per return."""
     d = np.asarray(discounts, dtype=float)[treatment]
+    if returned is not None:
+        revenue = revenue - returned
     gross = revenue / (1.0 - d)
-    return margin * gross - (gross - revenue) - contact_cost * (treatment > 0)
+    out = margin * gross - (gross - revenue) - contact_cost * (treatment > 0)
+    if returned is not None and handling_cost > 0:
+        out = out - handling_cost * (returned > 0)
+    return out
 
 
 def _mean_ci(psi: np.ndarray, z: float = 1.959964) -> tuple[float, list[float]]:

@@ -44,6 +44,9 @@ class UpliftPyfunc(mlflow.pyfunc.PythonModel):
         for i, lv in enumerate(levels):
             rec[f"p_conversion_{lv}"] = pred["conversion"][:, i]
             rec[f"expected_revenue_{lv}"] = pred["revenue"][:, i]
+            if "returned" in pred:
+                rec[f"expected_returned_{lv}"] = pred["returned"][:, i]
+                rec[f"p_return_{lv}"] = pred["p_return"][:, i]
         if ids is None:
             rec = rec.drop(columns="customer_id")
         return rec

@@ -47,16 +47,16 @@ BUDGET_GRID = tuple(np.linspace(0, 1, 11))
 
 def profit_budget_curve(pred: dict, test, policy, truth: pd.DataFrame | None, shares=BUDGET_GRID):
     """Expected (and, with ground truth, true) incremental profit per customer against the budget."""
-    from offerlab.uplift.policy import choose_levels, level_economics
+    from offerlab.uplift.bench import true_matrices
+    from offerlab.uplift.policy import choose_levels
 
     d = policy.discount_rates(test.levels, test.discounts)
-    profit, spend = level_economics(pred["revenue"], d, policy.margin, policy.contact_cost)
+    profit, spend = policy.level_matrices(pred, test.levels, test.discounts)
     _, full = choose_levels(profit, spend)
     rows = np.arange(len(profit))
     true = None
     if truth is not None:
-        true_rev = np.stack([truth[f"exp_revenue_{lv}"].to_numpy() for lv in test.levels], axis=1)
-        true, _ = level_economics(true_rev, d, policy.margin, policy.contact_cost)
+        true, _ = true_matrices(truth, test.levels, policy, d)
     curve = []
     for s in shares:
         choice, used = choose_levels(profit, spend, s * full)
@@ -91,8 +91,10 @@ def fit_and_evaluate(cfg: UpliftConfig, callbacks: list | None = None):
     from offerlab.uplift.bench import load_campaign, score_split
     from offerlab.uplift.data import stratified_split
     from offerlab.uplift.model import UpliftModel
+    from offerlab.uplift.returns import check_returns_declared
 
     data, truth, meta = load_campaign(cfg)
+    check_returns_declared(data, cfg.policy)
     tr, te = stratified_split(data, cfg.data.test_size, cfg.data.split_seed, cfg.data.metric_outcome)
     train, test = data.subset(tr), data.subset(te)
     t_test = None if truth is None else truth.iloc[te].reset_index(drop=True)
@@ -119,7 +121,7 @@ def training_price_of_spend(model, pred: dict, policy, n_test: int, n_campaign: 
 
     if policy.budget is None:
         return None
-    profit, spend = policy.level_matrices(pred["revenue"], list(model.levels), model.discounts)
+    profit, spend = policy.level_matrices(pred, list(model.levels), model.discounts)
     return float(allocate(profit, spend, policy.budget * n_test / max(n_campaign, n_test)).price)
 
 
