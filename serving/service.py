@@ -40,6 +40,8 @@ except ImportError:  # inside a built Bento: the package travels as src/ beside 
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
+from offerlab.monitor import records as decision_records
+from offerlab.monitor.decision_log import process_log, utc_now
 from offerlab.serving import openapi
 from offerlab.serving.app import ApiKeyMiddleware, Coalescer, ContractMiddleware, Overloaded, OverloadMiddleware
 from offerlab.serving.basket import winback_offer
@@ -206,12 +208,20 @@ class _Parts:
         return out
 
 
-def _refused(e: ValidationError) -> JSONResponse:
+def _refused(e: ValidationError, service: str = "") -> JSONResponse:
     """A request the models refused (a check the contract's request models left to them): 400 naming the field."""
     body = invalid_body(e)
+    decision_records.log_refusal(service, body["detail"])  # counted by field; logged without values
     log.info("request refused by a model: %d field(s) (%s)", len(body["detail"]),
              ", ".join(sorted({d["type"] for d in body["detail"]})))
     return JSONResponse(body, status_code=400)
+
+
+def _log_decisions(service: str, requests: list, answers: list, started, t0: float, parts=None) -> None:
+    """Queue the answers on the decision log (`offerlab.monitor`): never waits, never raises."""
+    adapters = {p.family: p.adapter for p in parts} if parts else None
+    decision_records.log_answers(f"service:{service}", requests, answers, started,
+                                 (time.perf_counter() - t0) * 1000.0 / max(len(answers), 1), adapters)
 
 
 def _with_model_ms(answer: OffersAnswer, ctx: bentoml.Context) -> OffersAnswer:
@@ -234,6 +244,7 @@ class Offers:
 
     def __init__(self) -> None:
         openapi.register("offers", openapi.CachedContract(self._needs, title="Offerlab offers (Offers)"))
+        process_log()  # a decision-log setting that cannot be used stops the start, naming the variable
 
     def __is_ready__(self) -> bool:
         # served: BentoML's /readyz also polls each dependency's own /readyz; in-process: ask the local instances
@@ -274,18 +285,24 @@ class Offers:
     @bentoml.api
     async def offers(self, request: OffersRequest, /, ctx: bentoml.Context) -> OffersAnswer:
         """All three offers for one customer; header `x-model-ms` = model compute time."""
+        t0, started = time.perf_counter(), utc_now()
         try:
-            return _with_model_ms((await self._answer([request]))[0], ctx)
+            answer = (await self._answer([request]))[0]
         except ValidationError as e:
-            return _refused(e)
+            return _refused(e, "offers")
+        _log_decisions("offers", [request], [answer], started, t0)
+        return _with_model_ms(answer, ctx)
 
     @bentoml.api
     async def offers_batch(self, requests: list[OffersRequest], /) -> list[OffersAnswer]:
         """All three offers for many customers in one request (each part goes through the batchers)."""
+        t0, started = time.perf_counter(), utc_now()
         try:
-            return await self._answer(requests) if requests else []
+            answers = await self._answer(requests) if requests else []
         except ValidationError as e:
-            return _refused(e)
+            return _refused(e, "offers")
+        _log_decisions("offers", requests, answers, started, t0)
+        return answers
 
 
 def _workers() -> int | str:
@@ -310,6 +327,7 @@ class OffersLocal:
         self._warm = threading.Event()
         self.contract = openapi.CachedContract(self._needs, title="Offerlab offers (OffersLocal)")
         openapi.register("offers-local", self.contract)
+        process_log()  # a decision-log setting that cannot be used stops the start, naming the variable
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
 
     async def _needs(self) -> dict | None:
@@ -362,19 +380,25 @@ class OffersLocal:
     async def offers(self, request: OffersRequest, /, ctx: bentoml.Context) -> OffersAnswer:
         """All three offers for one customer; header `x-model-ms` = model compute time."""
         await self._until_ready()
+        t0, started = time.perf_counter(), utc_now()
         try:
-            return _with_model_ms(await self.batcher.submit(request), ctx)
+            answer = await self.batcher.submit(request)
         except ValidationError as e:
-            return _refused(e)
+            return _refused(e, "offers-local")
+        _log_decisions("offers-local", [request], [answer], started, t0, self.parts)
+        return _with_model_ms(answer, ctx)
 
     @bentoml.api
     async def offers_batch(self, requests: list[OffersRequest], /) -> list[OffersAnswer]:
         """All three offers for many customers in one request (one model call per family)."""
         await self._until_ready()
+        t0, started = time.perf_counter(), utc_now()
         try:
-            return await asyncio.to_thread(self._compute, requests) if requests else []
+            answers = await asyncio.to_thread(self._compute, requests) if requests else []
         except ValidationError as e:
-            return _refused(e)
+            return _refused(e, "offers-local")
+        _log_decisions("offers-local", requests, answers, started, t0, self.parts)
+        return answers
 
 
 for _svc in (Timing, Discount, Credit, Offers, OffersLocal):

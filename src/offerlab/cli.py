@@ -458,5 +458,15 @@ def _attach_campaign() -> None:
 
 _attach_campaign()
 
+
+def _attach_monitor() -> None:
+    """`offerlab monitor drift | performance` (offerlab.monitor.cli)."""
+    from offerlab.monitor.cli import monitor
+
+    main.add_command(monitor)
+
+
+_attach_monitor()
+
 if __name__ == "__main__":
     main()

@@ -9,6 +9,9 @@
   `Retry-After` and a message saying what happened.
 - `ContractMiddleware`: methods (405), content types (415), body size (413), JSON (400) and, where the service
   has one, the loaded models' contract (400) and its spec at `/docs.json`.
+
+Every 400 is counted by refused field on `/metrics` (`offerlab_refusals_total`, see `offerlab.monitor.metrics`)
+and, with a decision log configured, recorded there with its fields only.
 """
 
 from __future__ import annotations
@@ -143,11 +146,13 @@ class ContractMiddleware:
 
     async def _refusal(self, path: str, body: bytes) -> tuple[int, dict] | None:
         """(status, answer) for a body the service refuses before it reaches BentoML, else None."""
+        from offerlab.monitor.records import log_refusal
         from offerlab.serving import openapi
 
         try:
             json.loads(body)
         except ValueError as e:
+            log_refusal(self.service, [{"loc": ["body"]}])  # Prometheus, by field; the decision log, no values
             return 400, {"error": "request body is not valid JSON",
                          "detail": [{"loc": ["body"], "msg": str(e)[:200], "type": "json_invalid"}]}
         if not openapi.has_contract(self.service):
@@ -158,6 +163,7 @@ class ContractMiddleware:
         refused = contract.refusal(path.lstrip("/"), body)
         if refused is None:
             return None
+        log_refusal(self.service, refused["detail"])
         kinds = sorted({d["type"] for d in refused["detail"]})
         log.info("%s refused: %d field(s) break the contract (%s)", path, len(refused["detail"]), ", ".join(kinds))
         return 400, refused

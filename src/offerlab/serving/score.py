@@ -503,6 +503,7 @@ def run_score(command: str, input_path: str | Path | None, output: str | Path, *
     if given:
         raise ValueError(f"{', '.join(given)}: for --engine spark only")
     budget = check_budget(budget, command)
+    __import__("offerlab.monitor.decision_log").monitor.decision_log.settings_from_env()  # refused before scoring
     out = check_output(output, [input_path, customers, applications, transactions], force)
     t0 = time.perf_counter()
     if inputs is None:
@@ -535,4 +536,9 @@ def run_score(command: str, input_path: str | Path | None, output: str | Path, *
                "load_seconds": round(t_load, 3), "customers_per_s": round(total / max(seconds - t_load, 1e-9), 1),
                "as_of": str(when) if when is not None else None, "output": str(out), **economics}
     log.info("scored %d customers (%d rows) with %s in %.1fs", total, len(result), command, seconds)
+    from offerlab.monitor.records import log_scored  # the decision log (OFFERLAB_DECISION_LOG), when configured
+
+    logged = log_scored(command, result, inputs, models, when, seconds)
+    if logged is not None:
+        summary["decision_log"] = logged
     return summary

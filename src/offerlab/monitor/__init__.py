@@ -1,0 +1,1 @@
+"""Production monitoring: the decision log, drift (PSI) and performance on matured outcomes."""
