@@ -72,6 +72,8 @@ def orders_from_lines(lines: pd.DataFrame) -> pd.DataFrame:
         out["amount"] = g["amount"].sum()
     if "quantity" in lines.columns:
         out["quantity"] = g["quantity"].sum()
+    if "payment_method" in lines.columns:  # an order is paid one way: its first line's
+        out["payment_method"] = g["payment_method"].first()
     if "category" in lines.columns:
         if "amount" in lines.columns:
             top = lines.loc[lines["amount"].to_numpy().argsort(kind="stable")[::-1]].drop_duplicates("order_id")

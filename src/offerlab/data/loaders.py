@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from offerlab.config import load_yaml_model
-from offerlab.data.schema import TABLES, DataValidationError, validate_table
+from offerlab.data.schema import TABLES, DataValidationError, check_returns, returns_from_negative_lines, validate_table
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,15 @@ class ColumnMapping(BaseModel):
     label_values: dict[str | int | bool, int] | None = Field(
         default=None, description="raw label value -> 0/1, both declared (e.g. {bad: 1, good: 0} or {1: 1, 0: 0})")
     applied_at: str | None = Field(default=None, description="one application date for a file that has none")
+    returns: Literal["negative_lines"] | None = Field(
+        default=None, description="transactions: returns booked as negative lines (amount < 0) linked to their "
+        "purchase by order_id; they fill the returns table")
+
+    @model_validator(mode="after")
+    def _returns_on_transactions(self) -> ColumnMapping:
+        if self.returns is not None and self.table != "transactions":
+            raise ValueError("'returns: negative_lines' describes a transactions file")
+        return self
 
     @field_validator("table")
     @classmethod
@@ -214,12 +224,16 @@ def localise_times(values: pd.Series, timezone: str | None, table: str, col: str
 
 
 def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMapping, *, timezone: str | None = None,
-                strict_timezone: bool = False, base_dir: str | Path | None = None, with_lines: bool = False
-                ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame | None]:
+                strict_timezone: bool = False, base_dir: str | Path | None = None, with_lines: bool = False,
+                with_returns: bool = False) -> pd.DataFrame | tuple:
     """Load a user's CSV or parquet file into a canonical table through a column mapping.
 
     A transactions file that maps `item_id` has a row per order line: its orders fill `transactions` and the rows
     the `lines` table (`offerlab.data.lines`); `with_lines=True` returns (transactions, lines or None).
+
+    A transactions file declared with `returns: negative_lines` books returns as negative lines linked by
+    `order_id`: they are taken out into a validated `returns` table (checked against the orders);
+    `with_returns=True` appends it (or None) to what is returned.
 
     `timezone` / `strict_timezone`: see `localise_times` (a data spec passes its `semantics.timezone`, strictly);
     `base_dir`: the folder a relative `path` of the mapping is read from (default: the mapping file's)."""
@@ -262,6 +276,19 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
             raise DataValidationError(m.table, col, "column listed under 'dates' is not kept: add it to 'keep'")
         out[col] = localise_times(_parse_times(out[col], m.timestamp_format, m.table, col), timezone, m.table, col,
                                   strict=strict_timezone)
+    returns = None
+    if m.table == "transactions" and m.returns == "negative_lines":
+        out, returns = returns_from_negative_lines(out)
+        log.info("took %d negative lines out of %s into table returns", len(returns), data_path.name)
+        returns = validate_table(returns, "returns") if len(returns) else None
+
+    def result(table: pd.DataFrame, lines: pd.DataFrame | None) -> pd.DataFrame | tuple:
+        if returns is not None:
+            check_returns(returns, table)
+        if not with_lines:
+            return (table, returns) if with_returns else table
+        return (table, lines, returns) if with_returns else (table, lines)
+
     if m.table == "transactions" and "item_id" in out.columns:
         from offerlab.data.lines import lines_from_rows, orders_from_lines
 
@@ -269,7 +296,7 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
         orders = orders_from_lines(lines)
         log.info("loaded %d lines of %d orders into tables lines and transactions from %s", len(lines), len(orders),
                  data_path.name)
-        return (orders, lines) if with_lines else orders
+        return result(orders, lines)
     if m.table == "transactions" and "order_id" not in out.columns:
         out["order_id"] = np.arange(len(out)).astype(str)
     if m.table == "campaign" and "customer_id" not in out.columns:  # a bare campaign log: rows are the customers
@@ -283,7 +310,7 @@ def load_mapped(data_path: str | Path | None, mapping: str | Path | ColumnMappin
             out.insert(2, "applied_at", pd.Timestamp(m.applied_at))
     log.info("loaded %d rows into table %s from %s", len(out), m.table, data_path.name)
     out = validate_table(out, m.table, treatments=m.treatments, control=m.control)
-    return (out, None) if with_lines else out
+    return result(out, None)
 
 
 def load_dataset(name: str, data_path: str | Path | None = None, mapping: str | Path | None = None) -> pd.DataFrame:

@@ -31,7 +31,7 @@ from offerlab.config import deep_merge, expand_dotted, parse_key_values
 from offerlab.data.loaders import ColumnMapping, DataFileMissing, load_mapped
 
 log = logging.getLogger(__name__)
-SPEC_TABLES = ("transactions", "customers", "campaign", "applications")
+SPEC_TABLES = ("transactions", "customers", "campaign", "applications", "returns", "repayments")
 FAMILY_TABLES = {"timing": ("transactions",), "uplift": ("campaign",), "credit": ("applications",)}
 
 
@@ -69,6 +69,9 @@ class TableBlock(_Strict):
         None, description="raw label value -> 0/1 (applications: which value means default; campaign: conversion); "
         "a blank (~) is refused when the table is read")
     applied_at: DateText | None = Field(None, description="applications: one date for a file that has none")
+    returns: Literal["negative_lines"] | None = Field(
+        None, description="transactions: returns are booked as negative lines (amount < 0) linked to their purchase "
+        "by order_id (instead of a tables.returns file)")
 
     def mapping(self, table: str) -> ColumnMapping:
         return ColumnMapping(table=table, **self.model_dump())
@@ -106,12 +109,18 @@ class CreditEconomics(_Strict):
     income_column: str | None = Field(None, description="application column with annual income (null: none)")
 
 
+class ReturnsEconomics(_Strict):
+    counted: bool = Field(description="whether the campaign economics count profit net of returns")
+    handling_cost: float = Field(ge=0, description="cost of handling one return (shipping, processing)")
+
+
 class Economics(_Strict):
     discounts: dict[str, float | None] | None = Field(None, description="discount rate of every campaign level")
     margin: float | None = Field(None, gt=0, le=1e6, description="profit per unit of list-price revenue")
     contact_cost: float | None = Field(None, ge=0, description="cost of contacting one customer with any level")
     budget: float | None = Field(None, ge=0, description="total expected spend of a campaign (null: none)")
     credit: CreditEconomics | None = None
+    returns: ReturnsEconomics | None = Field(None, description="how returns count in the campaign economics")
 
 
 class Protocol(_Strict):
@@ -200,7 +209,11 @@ class SpecData:
         return SpecError(f"data spec {self.path}: key '{key}': {problem}")
 
     def has(self, table: str) -> bool:
-        return table in self.spec.tables
+        return table in self.spec.tables or (table == "returns" and self._negative_lines())
+
+    def _negative_lines(self) -> bool:
+        tx = self.spec.tables.get("transactions")
+        return tx is not None and tx.returns == "negative_lines"
 
     @property
     def name(self) -> str:
@@ -247,18 +260,48 @@ class SpecData:
                                      "map the item column of a line-level purchase file (a row per item bought)")
             self.table("transactions")
             return self._tables["lines"]
+        if name == "returns" and name not in self._tables:
+            return self._returns()
         if name not in self._tables:
             if not self.has(name):
                 raise self.key_error(f"tables.{name}", f"this command needs a {name} table; add a tables.{name} "
                                      "block (path and columns)")
             block = self.spec.tables[name]
             self._check_block(name, block)
-            df, lines = load_mapped(None, block.mapping(name), timezone=self.spec.semantics.timezone,
-                                    strict_timezone=True, base_dir=self.path.parent, with_lines=True)
+            df, lines, returns = load_mapped(None, block.mapping(name), timezone=self.spec.semantics.timezone,
+                                             strict_timezone=True, base_dir=self.path.parent, with_lines=True,
+                                             with_returns=True)
             self._tables[name] = df
             if lines is not None:
                 self._tables["lines"] = lines
+            if name == "transactions" and block.returns == "negative_lines":
+                if returns is None:
+                    raise self.key_error("tables.transactions.returns", "is negative_lines but the file has no "
+                                         "line with a negative amount")
+                self._tables["returns"] = returns
         return self._tables[name]
+
+    def _returns(self) -> pd.DataFrame:
+        """The returns table: its own file (tables.returns), or the negative lines of the transactions file;
+        checked against the orders (unknown order, return before the purchase, more returned than bought)."""
+        from offerlab.data.schema import check_returns
+
+        if "returns" in self.spec.tables and self._negative_lines():
+            raise self.key_error("tables.returns", "given twice: drop either the tables.returns block or "
+                                 "tables.transactions.returns: negative_lines")
+        if not self.has("returns"):
+            raise self.key_error("tables.returns", "this command needs returns; add a tables.returns block (path and "
+                                 "columns) or declare tables.transactions.returns: negative_lines")
+        if not self.has("transactions"):
+            raise self.key_error("tables.transactions", "returns name the orders they send back: add the "
+                                 "transactions table they refer to")
+        tx = self.table("transactions")
+        if "returns" not in self._tables:
+            block = self.spec.tables["returns"]
+            df = load_mapped(None, block.mapping("returns"), timezone=self.spec.semantics.timezone,
+                             strict_timezone=True, base_dir=self.path.parent)
+            self._tables["returns"] = check_returns(df, tx)
+        return self._tables["returns"]
 
     def _check_block(self, name: str, block: TableBlock) -> None:
         for raw, v in (block.label_values or {}).items():
@@ -348,7 +391,10 @@ class SpecData:
                 what = ("profit per unit of list-price revenue, e.g. 0.35" if key == "margin"
                         else "cost of contacting one customer with any level, e.g. 0.05 (0 if free)")
                 raise self.key_error(f"economics.{key}", f"not set: {what}")
-        return {"margin": e.margin, "contact_cost": e.contact_cost, "discounts": rates, "budget": e.budget}
+        out = {"margin": e.margin, "contact_cost": e.contact_cost, "discounts": rates, "budget": e.budget}
+        if e.returns is not None:  # both keys required by the model: no default for money
+            out["returns"] = e.returns.model_dump()
+        return out
 
     def campaign_data(self, check_assignment: bool = True):
         """The campaign as `CampaignData`: net revenue, features (kept columns, and behaviour before the campaign

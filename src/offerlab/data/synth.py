@@ -30,9 +30,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy import special, stats
 
-from offerlab.data import synth_items
+from offerlab.data import synth_items, synth_returns
 
-GENERATOR_VERSION = 3  # 2: truth_credit gains true_pd_observable; 3: order lines (items) and their truth
+GENERATOR_VERSION = 4  # 2: truth_credit gains true_pd_observable; 3: order lines (items) and their truth;
+# 4: returns, payment methods and repayments (synth_returns), campaign.returned_revenue and their truth
 DAY_NS = 86_400 * 10**9
 
 # --- observable customer attributes -------------------------------------------------------------------
@@ -75,6 +76,7 @@ DISCOUNTS = {"control": 0.0, "discount_05": 0.05, "discount_10": 0.10, "discount
 ASSIGN_P = {"control": 0.25, "discount_05": 0.25, "discount_10": 0.25, "discount_15": 0.25}
 CONTACT_COST = 0.10
 MARGIN = 0.40
+RETURN_HANDLING_COST = 3.0  # per returned campaign purchase (shipping back, processing): the economics' figure
 CAMPAIGN_WINDOW_DAYS = 30.0
 ASSIGNMENTS = ("randomised", "targeted")
 # targeted campaign: score = 0.5 (log 30 - log1p(days since the last purchase)) + 0.3 (log1p(purchases) - log 10)
@@ -122,6 +124,9 @@ FILES = {
     "truth_credit": "truth/credit.parquet",
     "lines": "lines.parquet",
     "truth_items": "truth/items.parquet",
+    "returns": "returns.parquet",
+    "repayments": "repayments.parquet",
+    "truth_returns": "truth/returns.parquet",
 }
 META_FILE = "meta.json"
 
@@ -135,6 +140,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("category", pa.string()),
             ("quantity", pa.int64()),
             ("order_id", pa.string()),
+            ("payment_method", pa.string()),
         ]
     ),
     "customers": pa.schema(
@@ -154,6 +160,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("revenue", pa.float64()),
             ("cost", pa.float64()),
             ("propensity", pa.float64()),
+            ("returned_revenue", pa.float64()),
         ]
     ),
     "applications": pa.schema(
@@ -189,6 +196,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "truth_campaign": pa.schema(
         [("customer_id", pa.string())]
         + [(f"{q}_{lv}", pa.float64()) for lv in LEVELS for q in ("p_conv", "exp_revenue", "exp_cost")]
+        + [(f"{q}_{lv}", pa.float64()) for lv in LEVELS for q in ("p_return", "exp_returned")]
     ),
     "truth_credit": pa.schema(
         [
@@ -196,11 +204,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("true_pd", pa.float64()),
             ("true_pd_observable", pa.float64()),
             ("true_pd_traits", pa.float64()),
+            ("true_pd_observable_payments", pa.float64()),
         ]
     ),
     "lines": synth_items.LINES_SCHEMA,
     "truth_items": synth_items.TRUTH_SCHEMA,
+    "returns": synth_returns.RETURNS_SCHEMA,
+    "repayments": synth_returns.REPAYMENTS_SCHEMA,
+    "truth_returns": synth_returns.TRUTH_SCHEMA,
 }
+_RETURN_TRUTH = [f"{q}_{lv}" for lv in LEVELS for q in ("p_return", "exp_returned")]
 
 
 
@@ -213,8 +226,10 @@ def table_schema(name: str, campaign_assignment: str = "randomised") -> pa.Schem
     if campaign_assignment == "targeted":
         if name == "campaign":
             return schema.remove(schema.get_field_index("propensity"))
-        if name == "truth_campaign":
-            return pa.schema(list(schema) + [(f"assign_p_{lv}", pa.float64()) for lv in LEVELS])
+        if name == "truth_campaign":  # the level triples, the assignment probabilities, then the returns' truth
+            base = [f for f in schema if f.name not in _RETURN_TRUTH]
+            return pa.schema(base + [(f"assign_p_{lv}", pa.float64()) for lv in LEVELS]
+                             + [schema.field(c) for c in _RETURN_TRUTH])
     return schema
 
 
@@ -241,6 +256,7 @@ PROCESS = {
         "rounded to cents; quantity = 1 + Poisson(category_extra_quantity)."
     ),
     "items": " ".join((synth_items.__doc__ or "").split("\n\n")[1].split()),
+    "returns": " ".join(" ".join((synth_returns.__doc__ or "").split("\n\n")[1:]).split()),
     "campaign": (
         "All customers acquired before campaign_date, assigned at random to the levels with assignment_probs. "
         "act = P(purchase within 30 days | alive, time since last purchase) under the true gamma process, 0 if "
@@ -291,6 +307,9 @@ class SynthData:
     truth_credit: pd.DataFrame
     lines: pd.DataFrame | None = None  # order lines (items); None for a folder written before generator version 3
     truth_items: pd.DataFrame | None = None
+    returns: pd.DataFrame | None = None  # returns, repayments and their truth: None before generator version 4
+    repayments: pd.DataFrame | None = None
+    truth_returns: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
 
 
@@ -370,6 +389,7 @@ def build_meta(n_customers: int, seed: int, start: str, end: str, chunk_size: in
         "assignment_probs": dict(ASSIGN_P),
         "contact_cost": CONTACT_COST,
         "margin": MARGIN,
+        "return_handling_cost": RETURN_HANDLING_COST,
         "profit": "margin * (revenue + discount paid) - cost: the margin is on the list-price basket; revenue is "
         "net of the discount; cost = discount paid + contact (the discount is charged once)",
         "categories": list(CATEGORIES),
@@ -543,13 +563,17 @@ def _log_shape_posterior(hist: dict, app_channel: np.ndarray, age_c: np.ndarray)
     return grid, special.softmax(log_w, axis=1)
 
 
-def _posterior_pd(logit_seen, hist: dict, band, channel, age, income, requested) -> np.ndarray:
+def _posterior_pd(logit_seen, hist: dict, band, channel, age, income, requested,
+                  noise: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """E[true PD | everything observable at application]: the best PD any model can reach on these tables.
 
     The latent spend level has a conjugate normal posterior (its prior, the spend signal of each past
     purchase, income and requested amount); the shape (regularity) a grid posterior from the gaps; the
     risk noise its prior. Ignored, as weak: what category choices, the days since the last purchase and
     drop-out say about the traits (so this is, if anything, a slightly low ceiling).
+
+    `noise`: (nodes, weights) per row of the standardised risk noise's posterior (from repayments,
+    `synth_returns.noise_posterior`); None: its prior, folded into the spend level's normal.
     """
     age_c = (band - 2.3) / 1.5
     li, lr = np.log(income) - _log_income_mean(age), np.log(requested / REQUEST_BASE)
@@ -561,6 +585,14 @@ def _posterior_pd(logit_seen, hist: dict, band, channel, age, income, requested)
     grid, weights = _log_shape_posterior(hist, (channel == CHANNELS.index("app")).astype(float), age_c)
     base = logit_seen + B_Z_SPEND * z_mean
     out = np.zeros(len(base))
+    if noise is not None:
+        nodes, nw = noise
+        sd_z = np.abs(B_Z_SPEND) / np.sqrt(prec)
+        shift = RISK_WEIGHT * RISK_NOISE_SD * nodes
+        for j, lk in enumerate(grid):
+            lg = (base + B_LOG_SHAPE * (lk - np.log(2.0)))[:, None] + shift
+            out += weights[:, j] * (nw * logit_normal_mean(lg, sd_z[:, None])).sum(axis=1)
+        return out
     for j, lk in enumerate(grid):
         out += weights[:, j] * logit_normal_mean(base + B_LOG_SHAPE * (lk - np.log(2.0)), sd)
     return out
@@ -677,8 +709,8 @@ def _transactions(
             pa.array(qty.astype(np.int64)),
             pc.binary_join_element_wise(prefix.take(cust_arr), seq_str, ""),
         ],
-        schema=SCHEMAS["transactions"],
-    ), spend_signal
+        schema=SCHEMAS["transactions"].remove(SCHEMAS["transactions"].get_field_index("payment_method")),
+    ), spend_signal, cat
 
 
 def _before(cust: np.ndarray, t: np.ndarray, key: np.ndarray, stride: float) -> np.ndarray:
@@ -704,7 +736,7 @@ def _campaign(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Arr
     tc = w["t_campaign"]
     elig = np.flatnonzero(ev["acq"] < tc)
     if len(elig) == 0:
-        return None, None
+        return None, None, None
     pos = _before(elig, np.full(len(elig), tc), key, stride)
     n_before = pos - ev["starts"][elig]
     last_t = ev["t"][pos - 1]
@@ -755,13 +787,18 @@ def _campaign(rng: np.random.Generator, tr: dict, ev: dict, w: dict, cid: pa.Arr
     cost = np.round(conv * basket * disc + np.where(disc > 0, CONTACT_COST, 0.0), 2)
     ids = cid.take(pa.array(elig.astype(np.int64)))
     cols = [ids, _take_str(LEVELS, arm), pa.array(conv), pa.array(revenue), pa.array(cost)]
+    camp_schema = table_schema("campaign", campaign_assignment)
     camp = pa.Table.from_arrays(cols if targeted else [*cols, pa.array(probs[arm])],
-                                schema=table_schema("campaign", campaign_assignment))
+                                schema=camp_schema.remove(camp_schema.get_field_index("returned_revenue")))
     truth_schema = table_schema("truth_campaign", campaign_assignment)
     truth = pa.Table.from_arrays(
-        [ids] + [pa.array(truth_cols[f.name]) for f in list(truth_schema)[1:]], schema=truth_schema,
+        [ids] + [pa.array(truth_cols[f.name]) for f in list(truth_schema)[1:] if f.name not in _RETURN_TRUTH],
+        schema=pa.schema([f for f in truth_schema if f.name not in _RETURN_TRUTH]),
     )
-    return camp, truth
+    info = {"elig": elig, "arm": arm, "conv": conv, "revenue": revenue, "discounts": dict(DISCOUNTS),
+            "p_conv": {lv: truth_cols[f"p_conv_{lv}"] for lv in LEVELS},
+            "exp_revenue": {lv: truth_cols[f"exp_revenue_{lv}"] for lv in LEVELS}}
+    return camp, truth, info
 
 
 def _applications(
@@ -771,7 +808,7 @@ def _applications(
     app = np.flatnonzero(rng.random(n) < APPLY_RATE)
     m = len(app)
     if m == 0:
-        return None, None
+        return None, None, None
     acq = ev["acq"][app]
     ta = acq + rng.random(m) * (w["horizon"] - acq)
     pos = _before(app, ta, key, stride)
@@ -819,20 +856,25 @@ def _applications(
         schema=SCHEMAS["applications"],
     )
     truth = pa.Table.from_arrays(
-        [app_id, pa.array(pd_true), pa.array(pd_observable), pa.array(pd_traits)], schema=SCHEMAS["truth_credit"]
+        [app_id, pa.array(pd_true), pa.array(pd_observable), pa.array(pd_traits)],
+        schema=SCHEMAS["truth_credit"].remove(SCHEMAS["truth_credit"].get_field_index("true_pd_observable_payments")),
     )
-    return apps, truth
+    info = {"app": app, "ta": ta, "logit_seen": logit_seen, "hist": hist, "band": tr["age"][app],
+            "channel": tr["channel"][app], "age": age, "income": income, "requested": requested,
+            "pd_observable": pd_observable}
+    return apps, truth, info
 
 
 def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict, campaign_assignment: str = "randomised",
-           items_rng: np.random.Generator | None = None) -> dict[str, pa.Table]:
+           items_rng: np.random.Generator | None = None, returns_rng: np.random.Generator | None = None
+           ) -> dict[str, pa.Table]:
     num = np.arange(offset + 1, offset + n + 1, dtype=np.int64)
     cid = _ids("c", num)
     tr = _traits(rng, n)
     ev = _events(rng, tr, w)
     stride = w["horizon"] + 1.0
     key = ev["cust"] * stride + ev["t"]  # sorted: customer then time
-    transactions, spend_signal = _transactions(rng, tr, ev, w, cid, num)
+    transactions, spend_signal, cat = _transactions(rng, tr, ev, w, cid, num)
     out = {"transactions": transactions}
     out["customers"] = pa.Table.from_arrays(
         [
@@ -844,8 +886,10 @@ def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict, campaign_assi
         ],
         schema=SCHEMAS["customers"],
     )
-    out["campaign"], out["truth_campaign"] = _campaign(rng, tr, ev, w, cid, key, stride, campaign_assignment)
-    out["applications"], out["truth_credit"] = _applications(rng, tr, ev, w, cid, num, key, stride, spend_signal)
+    out["campaign"], out["truth_campaign"], camp_info = _campaign(rng, tr, ev, w, cid, key, stride,
+                                                                   campaign_assignment)
+    out["applications"], out["truth_credit"], app_info = _applications(rng, tr, ev, w, cid, num, key, stride,
+                                                                       spend_signal)
     timing = {
         "shape": tr["shape"],
         "scale": tr["mean_gap"] / tr["shape"],
@@ -863,7 +907,42 @@ def _chunk(rng: np.random.Generator, offset: int, n: int, w: dict, campaign_assi
     if items_rng is not None:  # a stream of its own: the tables above keep their bytes
         out["lines"], truth = synth_items.item_lines(items_rng, tr, ev, w, transactions, ITEM_CATALOGUE)
         out["truth_items"] = synth_items.truth_table(truth, cid)
+    if returns_rng is not None:  # a stream of its own too
+        _returns_and_payments(returns_rng, out, tr, ev, w, cid, cat, camp_info, app_info)
     return out
+
+
+def _returns_and_payments(rng: np.random.Generator, out: dict, tr: dict, ev: dict, w: dict, cid: pa.Array,
+                          cat: np.ndarray, camp_info: dict | None, app_info: dict | None) -> None:
+    """Payment methods, returns, repayments and their truth (`synth_returns`), added to the chunk's tables."""
+    R = synth_returns
+    orders = out["transactions"]
+    amount = orders.column("amount").to_numpy()
+    rt = R.traits(rng, tr, RISK_NOISE_SD)
+    method = R.payment_methods(rng, rt, tr, ev["cust"], cat, amount, CATEGORIES)
+    out["transactions"] = orders.append_column(SCHEMAS["transactions"].field("payment_method"),
+                                               _take_str(R.METHODS, method))
+    out["returns"] = R.order_returns(rng, rt, ev, w, cat, amount, orders, CATEGORIES)
+    out["repayments"], rep = R.repayments(rng, rt, ev, w, method, amount, orders)
+    out["truth_returns"] = R.truth_table(rt, cid)
+    if camp_info is not None:
+        returned, truth = R.campaign_returns(rng, rt, tr, camp_info, CATEGORIES)
+        out["campaign"] = out["campaign"].append_column(SCHEMAS["campaign"].field("returned_revenue"),
+                                                        pa.array(returned))
+        for c in _RETURN_TRUTH:
+            out["truth_campaign"] = out["truth_campaign"].append_column(SCHEMAS["truth_campaign"].field(c),
+                                                                        pa.array(truth[c]))
+    if app_info is not None:
+        n_due, n_late = R.late_counts(rep, app_info["app"], app_info["ta"], w["horizon"])
+        pd_pay = app_info["pd_observable"].copy()
+        seen = n_due > 0  # without instalments due before the application the posterior is the prior
+        if seen.any():
+            i = app_info
+            pd_pay[seen] = _posterior_pd(i["logit_seen"][seen], {k: v[seen] for k, v in i["hist"].items()},
+                                         i["band"][seen], i["channel"][seen], i["age"][seen], i["income"][seen],
+                                         i["requested"][seen], noise=R.noise_posterior(n_due[seen], n_late[seen]))
+        out["truth_credit"] = out["truth_credit"].append_column(
+            SCHEMAS["truth_credit"].field("true_pd_observable_payments"), pa.array(pd_pay))
 
 
 def iter_chunks(
@@ -879,7 +958,7 @@ def iter_chunks(
     for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n_chunks)):
         offset = i * chunk_size
         yield _chunk(np.random.default_rng(ss), offset, min(chunk_size, n_customers - offset), w, campaign_assignment,
-                     synth_items.item_rng(seed, i))
+                     synth_items.item_rng(seed, i), synth_returns.returns_rng(seed, i))
 
 
 # ----------------------------------------------------------------------------------------------------------
