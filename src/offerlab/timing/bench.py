@@ -158,6 +158,48 @@ def bare_gru_events_per_second(hidden: int = 64, seconds: float = 3.0, batch: in
     return n * batch * length / (time.perf_counter() - t0)
 
 
+def load_bench_returns(d) -> pd.DataFrame | None:
+    """The returns table the timing data config `d` asks for: a data spec's (its `tables.returns`; `data.returns`
+    must then say net or keep), the synthetic marketplace's with `data.returns: net`; None for keep or no table."""
+    table = None
+    if d.spec is not None or d.dataset == "spec":
+        from offerlab.data.spec import SpecData
+
+        sd = SpecData.load(d.spec, d.spec_set)
+        if sd.has("returns"):
+            if d.returns is None:
+                raise ValueError("the data has a returns table: set data.returns (net: an order returned in full is "
+                                 "no purchase and a partly returned one counts at its net amount; keep: ignore "
+                                 "returns), --set data.returns=net")
+            table = sd.table("returns")
+    elif d.dataset == "synth" and d.returns == "net":
+        from offerlab.data.synth import FILES, generate
+
+        if d.synth_dir:
+            path = Path(d.synth_dir) / FILES.get("returns", "returns.parquet")
+            table = pd.read_parquet(path) if path.is_file() else None
+        else:
+            table = generate(d.customers, seed=d.seed).returns
+    if d.returns == "net" and table is None:
+        raise ValueError(f"data.returns is net but the {d.dataset} data has no returns table")
+    return table if d.returns == "net" else None
+
+
+def apply_returns(tx: pd.DataFrame, returns: pd.DataFrame | None, calibration_end: str
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(calibration transactions, transactions to evaluate on), net of returns when a returns table is given: the
+    calibration period knows only the returns made by its end; the holdout's purchases are net of all returns."""
+    from offerlab.timing.returns import net_of_returns
+
+    cut = end_of_day(calibration_end)
+    calib = tx[tx["timestamp"] <= cut]
+    if returns is None:
+        return calib, tx
+    calib, _ = net_of_returns(calib, returns, cut)
+    holdout, _ = net_of_returns(tx[tx["timestamp"] > cut], returns)
+    return calib, pd.concat([calib, holdout], ignore_index=True)
+
+
 def run_bench(dataset: str, out: str | Path, *, data_path: str | None = None, mapping: str | None = None,
               calibration_end: str | None = None, holdout_end: str | None = None, synth_dir: str | None = None,
               customers: int = 20_000, seed: int = 0, config: str | Path | None = None,
@@ -189,7 +231,10 @@ def run_bench(dataset: str, out: str | Path, *, data_path: str | None = None, ma
         tx, truth = load_bench_data(dataset, data_path, mapping, synth_dir, customers, seed)
     cal, end = split_dates(dataset, tx, calibration_end, holdout_end)
     cfg.data.calibration_end, cfg.data.holdout_end = cal, end
-    calib = tx[tx["timestamp"] <= end_of_day(cal)]
+    returns = load_bench_returns(cfg.data.model_copy(update={"dataset": "spec" if spec else dataset, "spec": spec,
+                                                              "spec_set": spec_set or {}, "synth_dir": synth_dir,
+                                                              "customers": customers, "seed": seed}))
+    calib, tx = apply_returns(tx, returns, cal)
     if calib.empty:
         raise ValueError(f"no transactions on or before the calibration end {cal}")
     horizon = horizon_days(cal, end)

@@ -50,6 +50,10 @@ class DataConfig(_Strict):
                                         "(cdnow, synth) or refused")
     holdout_end: str | None = None
     same_day: Literal["keep", "merge"] = "merge"
+    returns: Literal["net", "keep"] | None = Field(
+        None, description="a returns table beside the transactions: net (an order returned in full is no purchase, "
+        "a partly returned one counts at its net amount; lines lose what came back) or keep (returns ignored); "
+        "required when the data has one (a data spec's tables.returns); the synthetic marketplace's are read with net")
 
     @model_validator(mode="after")
     def _dates(self) -> DataConfig:
@@ -412,7 +416,14 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
     import matplotlib.pyplot as plt
     import mlflow
 
-    from offerlab.timing.bench import load_bench_data, load_bench_lines, oracle_block, split_dates
+    from offerlab.timing.bench import (
+        apply_returns,
+        load_bench_data,
+        load_bench_lines,
+        load_bench_returns,
+        oracle_block,
+        split_dates,
+    )
     from offerlab.timing.metrics import evaluate_predictions, holdout_truth, horizon_days
     from offerlab.timing.pyfunc import log_pyfunc
     from offerlab.tracking import data_fingerprint, start_run, table_summary
@@ -421,7 +432,8 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
     tx, truth = load_bench_data(d.dataset, d.data_path, d.mapping, d.synth_dir, d.customers, d.seed,
                                 spec=d.spec, spec_set=d.spec_set)
     cal, end = split_dates(d.dataset, tx, d.calibration_end, d.holdout_end)
-    calib = tx[tx["timestamp"] <= end_of_day(cal)]
+    returns = load_bench_returns(d)
+    calib, tx = apply_returns(tx, returns, cal)
     horizon = horizon_days(cal, end)
     run_name = run_name or cfg.mlflow.run_name or f"timing-{d.dataset}"
     from offerlab.registry import EVAL_FINGERPRINT_TAG
@@ -455,6 +467,9 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
         lines = load_bench_lines(d.dataset, d.synth_dir, d.customers, d.seed, spec=d.spec, spec_set=d.spec_set)
         if lines is not None and cfg.basket.enabled:
             from offerlab.timing.basket import fit_and_score
+            from offerlab.timing.returns import lines_net_of_returns
+
+            lines = lines_net_of_returns(lines, returns, end_of_day(cal))  # features and labels: returns by the cut
 
             basket, basket_metrics = fit_and_score(lines, cal, end, cfg.basket.settings(cfg.training.seeds[0]
                                                                                          if cfg.training.seeds else 0))
