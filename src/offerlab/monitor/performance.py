@@ -54,10 +54,10 @@ def timing_performance(decisions: pd.DataFrame, purchases: pd.DataFrame, key: st
 
     d = decisions[decisions["p_buy_30d"].notna() & decisions["as_of"].notna()][["customer_key", "as_of", "p_buy_30d"]]
     p = pd.DataFrame({"customer_key": pseudonyms(purchases["customer_id"], key),
-                      "next_at": pd.to_datetime(purchases["timestamp"])})
+                      "next_at": pd.to_datetime(purchases["timestamp"]).astype("datetime64[ns]")})
     end = pd.Timestamp(observed_until) if observed_until is not None else (
         p["next_at"].max().normalize() + DAY - pd.Timedelta(microseconds=1))
-    d = d.assign(as_of=pd.to_datetime(d["as_of"])).sort_values("as_of", kind="stable")
+    d = d.assign(as_of=pd.to_datetime(d["as_of"]).astype("datetime64[ns]")).sort_values("as_of", kind="stable")
     p = p.sort_values("next_at", kind="stable")
     p["at"] = p["next_at"]
     j = pd.merge_asof(d, p, left_on="as_of", right_on="at", by="customer_key", direction="forward",
