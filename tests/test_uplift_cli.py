@@ -76,7 +76,7 @@ def test_train_logs_run_with_pyfunc_model(mlflow_store, tmp_path):
 
     synth_to_dir(3000, 0, tmp_path / "synth")
     cfg = {"base": None, **FAST, "name": "t", "data": {"dataset": "synth", "synth_dir": str(tmp_path / "synth")},
-           "policy": {"margin": 0.4, "contact_cost": 0.1}}
+           "policy": {"margin": 0.4, "contact_cost": 0.1, "returns": {"counted": True, "handling_cost": 3.0}}}
     cfg.pop("base")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     res = CliRunner().invoke(main, ["train", "uplift", "--config", str(tmp_path / "c.yaml"), "--no-progress"])

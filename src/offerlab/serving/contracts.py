@@ -14,6 +14,12 @@ Python callers and raise `field_error`, so every refusal has one 400 shape (`Inv
 Rules JSON Schema cannot state are not refusals: purchases may come in any order (sorted here), and
 purchases after `as_of` (or after now, without `as_of`) are not known at that instant and are left
 out, as in batch scoring and training; the answer says how many purchases it used.
+
+Returns and repayments may come with the history (`returns` linked to purchases by `order_id`, `repayments` of
+instalment credit). What cannot be true is refused with the field named: a return of an order not in the history,
+a return before its purchase, returns above the amount bought, a repayment paid or due before its credit was
+issued. Returns after `as_of` are not known yet and are left out like purchases. For the timing answer a purchase
+returned in full is no purchase and a partly returned one counts at its net amount (`net_of_returns`).
 """
 
 from __future__ import annotations
@@ -134,10 +140,37 @@ class Purchase(_Strict):
 
     timestamp: Instant = Field(description="when it was bought (" + INSTANT_HELP + ")")
     amount: Amount
+    order_id: str | None = Field(None, min_length=1, max_length=128, description=(
+        "your order id (optional; needed to link returns to this purchase)"))
     category: str | None = Field(None, max_length=64, description="product category, one the model knows")
     items: list[PurchaseItem] | None = Field(None, max_length=MAX_ITEMS_PER_PURCHASE, description=(
         "the purchase's lines (optional): with them the timing answer carries the replenishment basket, where "
         "the timing model was trained with items; items it does not know are left out of the basket"))
+
+
+RETURN_CENT = 0.005  # returns adding up to the amount bought within half a cent return it in full
+MAX_EVENTS = 500
+
+
+class Return(_Strict):
+    """Something the customer sent back of one purchase of the history."""
+
+    order_id: str = Field(min_length=1, max_length=128, description="the purchase's `order_id`")
+    returned_at: Instant = Field(description="when it came back (" + INSTANT_HELP + "); on or after the purchase")
+    amount: Amount = Field(description="amount refunded (all returns of a purchase add up to at most its amount)")
+    item_id: str | None = Field(None, min_length=1, max_length=128, description="the line's item, if one line")
+    quantity: integer(1, 100_000) | None = Field(None, description="units of that item sent back (omit: the line)")
+
+
+class Repayment(_Strict):
+    """One instalment of a credit the customer took (buy now pay later, instalments)."""
+
+    credit_id: str = Field(min_length=1, max_length=128, description="the credit or order it repays")
+    issued_at: Instant = Field(description="when the credit started (" + INSTANT_HELP + ")")
+    due_date: Instant = Field(description="when the instalment was due; on or after issued_at")
+    paid_at: Instant | None = Field(None, description="when it was paid (on or after issued_at); null: unpaid")
+    amount_due: Amount
+    amount_paid: Amount
 
 
 EXAMPLE_HISTORY = [
@@ -159,6 +192,11 @@ class CustomerHistory(_Strict):
         "that instant and are left out (the answer's `purchases_used` counts the rest); none (a customer "
         "who has not bought yet): no timing answer"))
     as_of: Instant | None = Field(None, description="answer as of this instant (default: now); " + INSTANT_HELP)
+    returns: list[Return] = Field(default_factory=list, max_length=MAX_EVENTS, description=(
+        "what came back of the history's purchases (each names its purchase's order_id); a purchase returned in "
+        "full is no purchase for the timing answer, a partly returned one counts at its net amount"))
+    repayments: list[Repayment] = Field(default_factory=list, max_length=MAX_EVENTS, description=(
+        "instalments of the customer's credits, paid or not (the credit model reads them where trained with them)"))
     _left_out: int = PrivateAttr(0)
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
@@ -172,6 +210,8 @@ class CustomerHistory(_Strict):
             raise field_error(type(self).__name__, ("history",),
                               f"history has {len(self.history)} purchases; the maximum is {limit} "
                               f"(send the most recent {limit})", len(self.history))
+        self._check_returns()
+        self._check_repayments()
         stamps = [p.timestamp for p in self.history]  # bounded by max_history: a request, not a data set
         if any(b < a for a, b in zip(stamps, stamps[1:], strict=False)):
             self.history = sorted(self.history, key=lambda p: p.timestamp)  # stable: same-instant order kept
@@ -180,7 +220,81 @@ class CustomerHistory(_Strict):
             known = [p for p in self.history if p.timestamp <= end]
             self._left_out = len(self.history) - len(known)
             self.history = known
+        if any(r.returned_at > end for r in self.returns):
+            self.returns = [r for r in self.returns if r.returned_at <= end]
         return self
+
+    def _check_returns(self) -> None:
+        """Each return names a purchase of the history, comes on or after it, and a purchase's returns add up to
+        at most its amount (bounded by the request's size)."""
+        if not self.returns:
+            return
+        title = type(self).__name__
+        bought: dict[str, Purchase] = {}
+        for j, p in enumerate(self.history):
+            if p.order_id is not None:
+                if p.order_id in bought:
+                    raise field_error(title, ("history", j, "order_id"), "order_id appears twice in the history: "
+                                      "one purchase per order", p.order_id)
+                bought[p.order_id] = p
+        back: dict[str, float] = {}
+        for i, r in enumerate(self.returns):
+            p = bought.get(r.order_id)
+            if p is None:
+                raise field_error(title, ("returns", i, "order_id"), "no purchase of the history has this order_id",
+                                  r.order_id)
+            if utc_naive(r.returned_at) < utc_naive(p.timestamp):
+                raise field_error(title, ("returns", i, "returned_at"), "a return before its purchase "
+                                  f"({p.timestamp.isoformat()})", r.returned_at.isoformat())
+            back[r.order_id] = back.get(r.order_id, 0.0) + r.amount
+            if back[r.order_id] > p.amount + RETURN_CENT:
+                raise field_error(title, ("returns", i, "amount"), f"the returns of this order add up to "
+                                  f"{back[r.order_id]:g}, above its amount {p.amount:g}", r.amount)
+
+    def _check_repayments(self) -> None:
+        title = type(self).__name__
+        for i, r in enumerate(self.repayments):
+            if utc_naive(r.due_date) < utc_naive(r.issued_at):
+                raise field_error(title, ("repayments", i, "due_date"), "due before the credit was issued",
+                                  r.due_date.isoformat())
+            if r.paid_at is not None and utc_naive(r.paid_at) < utc_naive(r.issued_at):
+                raise field_error(title, ("repayments", i, "paid_at"), "paid before the credit was issued",
+                                  r.paid_at.isoformat())
+
+    def net_of_returns(self) -> CustomerHistory:
+        """This request with its purchases net of its returns (known by `as_of`): a purchase returned in full left
+        out, a partly returned one at its net amount, returned item quantities off its lines (the timing answer's
+        history; `offerlab.timing.returns` does the same on tables)."""
+        if not self.returns:
+            return self
+        back: dict[str, float] = {}
+        units: dict[tuple[str, str], float] = {}
+        for r in self.returns:
+            back[r.order_id] = back.get(r.order_id, 0.0) + r.amount
+            if r.item_id is not None:
+                key = (r.order_id, r.item_id)
+                units[key] = units.get(key, 0.0) + (r.quantity if r.quantity is not None else float("inf"))
+        kept = []
+        for p in self.history:
+            got = back.get(p.order_id) if p.order_id is not None else None
+            if got is None:
+                kept.append(p)
+                continue
+            if got >= p.amount - RETURN_CENT:
+                continue
+            items = p.items
+            if items:
+                items = []
+                for it in p.items:
+                    left = it.quantity - units.get((p.order_id, it.item_id), 0.0)
+                    if left > 0:
+                        share = left / it.quantity
+                        items.append(it.model_copy(update={"quantity": int(left), "amount": None if it.amount is None
+                                                            else it.amount * share}))
+            kept.append(p.model_copy(update={"amount": p.amount - got, "items": items}))
+        out = self.model_copy(update={"history": kept})
+        out._left_out = self._left_out
+        return out
 
     def answer_time(self) -> dt.datetime:
         """The as-of instant: the request's `as_of`, else now."""

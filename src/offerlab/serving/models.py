@@ -150,8 +150,9 @@ class TimingAdapter:
         _check_categories(reqs, self.predictor.categories, "TimingRequest")
         empty = [i for i, r in enumerate(reqs) if not r.history]
         if empty:
-            raise field_error("TimingRequest", ("history",), "no purchase on or before as_of: the timing model "
-                              f"answers from a purchase history (batch item {empty[0]})")
+            raise field_error("TimingRequest", ("history",), "no purchase on or before as_of (a purchase returned "
+                              "in full does not count): the timing model answers from a purchase history (batch "
+                              f"item {empty[0]})")
 
     def needs(self) -> dict:
         """What a request must carry for this model: the purchase categories it knows (None: any)."""
@@ -167,6 +168,7 @@ class TimingAdapter:
         from offerlab.serving.timing_fast import MixtureAnswers, timing_state
         from offerlab.timing.counts import TPP_HORIZONS
 
+        reqs = [r.net_of_returns() for r in reqs]  # a purchase returned in full is no purchase event
         self.validate(reqs)
         t0 = time.perf_counter()
         p = self.predictor
@@ -412,7 +414,7 @@ class UpliftAdapter:
         np.clip(x[:, :k], -UPLIFT_Z_CLIP, UPLIFT_Z_CLIP, out=x[:, :k])
         pred = self.model.predict_levels(x)
         levels = list(self.model.levels)
-        profit, spend = self.policy.level_matrices(pred["revenue"], levels, self.model.discounts)
+        profit, spend = self.policy.level_matrices(pred, levels, self.model.discounts)
         rates = self.policy.discount_rates(levels, self.model.discounts)
         choice, greedy, prob = self.choose(profit, spend)
         ms = _ms(t0)

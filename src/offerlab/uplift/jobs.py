@@ -24,6 +24,8 @@ def main_job_step(synth_dir: Path, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     meta = json.loads((Path(synth_dir) / "meta.json").read_text())
     policy = {"margin": meta["margin"], "contact_cost": meta["contact_cost"]}  # the generator's own economics
+    if "return_handling_cost" in meta:  # a campaign with returns (generator version 4): counted, as it charges them
+        policy["returns"] = {"counted": True, "handling_cost": meta["return_handling_cost"]}
     cfg = load_config(None, {"name": "uplift-main-job", "data": {"dataset": "synth", "synth_dir": str(synth_dir),
                                                                    "outcome": "conversion"},
                              "net": FAST_NET, "trainer": FAST_TRAINER, "policy": policy})
