@@ -7,6 +7,12 @@ the tables show at the application] (the generator's exact posterior over the la
 purchase regularity and risk noise): the best PD any model can reach, so `auc_gap` = its AUC - ours.
 Beside it, for reference: `true_pd_traits` (knows the latent traits, averages only the noise) and
 the raw `true_pd` (noise included); no model on the tables can reach either.
+
+Repayments show part of the risk noise (generator v4: lateness follows it), so once the features see them
+(`data.payments`, `rep_*`) the best PD from observable data is `true_pd_observable_payments`, E[true PD | the same
+and the repayment record before applied_at]: the oracle whose gap is reported then; `true_pd_observable` (purchases
+only) stays beside it. `payments_comparison` runs ours and LightGBM with and without those features on the same
+folds.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ class BenchData:
     true_pd: np.ndarray | None = None  # the PD the default was drawn from (includes unobservable noise)
     oracle_pd: np.ndarray | None = None  # the best PD from observable information (true_pd_observable)
     traits_pd: np.ndarray | None = None  # the PD given the latent traits, noise averaged (true_pd_traits)
+    payments_pd: np.ndarray | None = None  # the best PD once repayments are seen (true_pd_observable_payments)
+
+    @property
+    def uses_payments(self) -> bool:
+        return any(c.startswith(("ret_", "rep_")) for c in self.X.columns)
 
 
 def _truth_column(truth: pd.DataFrame, ids: pd.Series, column: str) -> np.ndarray:
@@ -61,7 +72,24 @@ def _truth_column(truth: pd.DataFrame, ids: pd.Series, column: str) -> np.ndarra
 TX_COLUMNS = ("customer_id", "timestamp", "amount", "category")  # what the behaviour features read
 
 
-def read_synth_credit(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+PAYMENT_TX_COLUMNS = ("order_id", "payment_method")  # what the return and payment-mix features read beside
+
+
+def read_synth_payments(folder: str | Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(returns, repayments) of a synthetic folder, None for a folder written before generator version 4."""
+    import pyarrow.parquet as pq
+
+    from offerlab.data.synth import FILES
+
+    folder = Path(folder)
+    out = []
+    for name, dict_cols in (("returns", ["customer_id"]), ("repayments", ["customer_id"])):
+        path = folder / FILES[name]
+        out.append(pq.read_table(path, read_dictionary=dict_cols).to_pandas() if path.is_file() else None)
+    return out[0], out[1]
+
+
+def read_synth_credit(folder: str | Path, payments: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(applications, transactions, truth_credit) of a synthetic folder, and nothing else of it.
 
     Transactions come with only the columns the features read and with customer ids and categories as
@@ -78,9 +106,10 @@ def read_synth_credit(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, p
         if not path.is_file():
             raise ValueError(f"synthetic data folder {folder}: {FILES[name]} is missing (table '{name}')")
     have = set(pq.read_schema(paths["transactions"]).names)
-    cols = [c for c in TX_COLUMNS if c in have]
+    cols = [c for c in TX_COLUMNS + (PAYMENT_TX_COLUMNS if payments else ()) if c in have]
     tx = pq.read_table(paths["transactions"], columns=cols,
-                       read_dictionary=[c for c in ("customer_id", "category") if c in have]).to_pandas()
+                       read_dictionary=[c for c in ("customer_id", "category", "payment_method") if c in have]
+                       ).to_pandas()
     return pq.read_table(paths["applications"]).to_pandas(), tx, pq.read_table(paths["truth_credit"]).to_pandas()
 
 
@@ -91,17 +120,23 @@ def load_bench_data(cfg: CreditConfig) -> BenchData:
         from offerlab.data.synth import generate
 
         if d.synth_dir:
-            apps, tx, truth = read_synth_credit(d.synth_dir)
+            apps, tx, truth = read_synth_credit(d.synth_dir, d.payments)
+            returns, repayments = read_synth_payments(d.synth_dir) if d.payments else (None, None)
         else:
             s = generate(d.customers, seed=d.seed)
             apps, tx, truth = s.applications, s.transactions, s.truth_credit
+            returns, repayments = (s.returns, s.repayments) if d.payments else (None, None)
+            if not d.payments:
+                tx = tx.drop(columns=["payment_method"], errors="ignore")
         apps = apps.reset_index(drop=True)
         true_pd = _truth_column(truth, apps["application_id"], "true_pd")
         oracle_pd, traits_pd = (_truth_column(truth, apps["application_id"], c)
                                 for c in ("true_pd_observable", "true_pd_traits"))
-        X = application_features(apps, tx)
-        del tx
-        return BenchData("synth", apps, X, apps["default"].to_numpy(), true_pd, oracle_pd, traits_pd)
+        payments_pd = (_truth_column(truth, apps["application_id"], "true_pd_observable_payments")
+                       if "true_pd_observable_payments" in truth.columns else None)
+        X = application_features(apps, tx, returns=returns, repayments=repayments)
+        del tx, returns, repayments
+        return BenchData("synth", apps, X, apps["default"].to_numpy(), true_pd, oracle_pd, traits_pd, payments_pd)
     if d.dataset == "spec":
         from offerlab.data.spec import SpecData
 
@@ -111,6 +146,15 @@ def load_bench_data(cfg: CreditConfig) -> BenchData:
         apps = sd.labelled_applications().reset_index(drop=True)
         tx = sd.table("transactions") if sd.has("transactions") else None
         name = sd.name
+        if d.payments and (sd.has("returns") or sd.has("repayments")):
+            returns = sd.table("returns") if sd.has("returns") and tx is not None else None
+            repayments = sd.table("repayments") if sd.has("repayments") else None
+            y = apps["default"].to_numpy() if "default" in apps.columns else None
+            if y is not None and y.min() != y.max():
+                X = application_features(apps, tx, returns=returns, repayments=repayments)
+                return BenchData(name, apps, X, y)
+        elif tx is not None and not d.payments:
+            tx = tx.drop(columns=["payment_method"], errors="ignore")
     elif d.dataset == "mapped" or d.mapping:
         from offerlab.data.loaders import load_mapped, read_mapping
 
@@ -218,8 +262,12 @@ def run_bench(cfg: CreditConfig, progress: bool | None = None, data: BenchData |
     oracle = None
     targets: dict = {}
     if data.oracle_pd is not None:
-        oracle = oracle_report(data.y, ours["auc"], {"oracle": data.oracle_pd, "traits_pd": data.traits_pd,
-                                                     "true_pd": data.true_pd})
+        seen = data.payments_pd if data.uses_payments and data.payments_pd is not None else data.oracle_pd
+        oracle = oracle_report(data.y, ours["auc"], {"oracle": seen, "observable": data.oracle_pd,
+                                                     "observable_payments": data.payments_pd,
+                                                     "traits_pd": data.traits_pd, "true_pd": data.true_pd})
+        oracle["oracle"] = ("true_pd_observable_payments = E[true PD | application, customer, purchases and repayments "
+                            "before applied_at]" if seen is data.payments_pd else oracle["oracle"])
         targets = {"auc_gap_max": AUC_ORACLE_GAP_TARGET, "ece_max": ECE_TARGET_SYNTH,
                    "met": bool(oracle["auc_gap"] <= AUC_ORACLE_GAP_TARGET and ours["ece"] <= ECE_TARGET_SYNTH)}
     if best_peer:
@@ -253,6 +301,35 @@ def run_bench(cfg: CreditConfig, progress: bool | None = None, data: BenchData |
                     "peak_rss_gb": _peak_rss_gb()},
         "config": cfg.source,
     }
+
+
+def payments_comparison(cfg: CreditConfig, progress: bool | None = None) -> dict:
+    """Ours and LightGBM with and without the return, payment-mix and repayment features (`ret_*`, `rep_*`) on the
+    same folds: AUC, ECE and the gap to both observable oracles (purchases only; purchases and repayments)."""
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"payments": True}),
+                                 "evaluation": cfg.evaluation.model_copy(update={"peers": ["lightgbm"]})})
+    data = load_bench_data(cfg)
+    if not data.uses_payments:
+        raise ValueError("the data have no returns, payment_method or repayments: nothing to compare")
+    plain = BenchData(data.name, data.applications, data.X.drop(columns=[c for c in data.X.columns
+                                                                        if c.startswith(("ret_", "rep_"))]),
+                      data.y, data.true_pd, data.oracle_pd, data.traits_pd, data.payments_pd)
+    runs = {"without": run_bench(cfg, progress, plain), "with": run_bench(cfg, progress, data)}
+    summary = {}
+    for key, r in runs.items():
+        o = r["oracle"] or {}
+        summary[key] = {"features": r["features"], **{
+            f"{m}_{k}": r["models"][m][k] for m in r["models"] for k in ("auc", "ece")},
+            "auc_oracle_observable": o.get("auc_observable"), "auc_oracle_observable_payments":
+            o.get("auc_observable_payments"), "seconds": r["seconds"]}
+        for m in r["models"]:
+            for ref in ("observable", "observable_payments"):
+                if o.get(f"auc_{ref}") is not None:
+                    summary[key][f"{m}_gap_{ref}"] = o[f"auc_{ref}"] - r["models"][m]["auc"]
+    return {"task": "credit", "dataset": data.name, "comparison": "with and without return and repayment features",
+            "rows": int(len(data.y)), "summary": summary,
+            "gain_auc": {m: summary["with"][f"{m}_auc"] - summary["without"][f"{m}_auc"] for m in runs["with"]["models"]},
+            "runs": runs}
 
 
 def paired_comparison(y: np.ndarray, ours: np.ndarray, peer: np.ndarray, ours_m: dict, peer_m: dict) -> dict:

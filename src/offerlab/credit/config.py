@@ -28,6 +28,8 @@ class DataConfig(BaseModel):
     synth_dir: str | None = Field(None, description="synthetic data folder (else generated from customers/seed)")
     customers: int = Field(20_000, ge=100)
     seed: int = 0
+    payments: bool = Field(True, description="return, payment-mix and repayment features (ret_*, rep_*) where the "
+                           "data have returns, payment_method or repayments; false: purchase history only")
 
 
 class EvaluationConfig(BaseModel):

@@ -7,6 +7,12 @@ purchase after the application leaks into its features). `FeatureEncoder` learns
 only, how to feed those features to the network and the linear baselines:
 
 - categorical fields: a vocabulary (index 0 = unseen / missing) for embeddings and one-hot columns;
+Where the data have them, returns and payment behaviour join as features at applied_at too (strictly before it:
+a return or a repayment recorded at or after the application does not count, nor does an instalment due then):
+`ret_*` from `offerlab.data.returns.return_features_at` (return rates, net spend, days to return, the payment-method
+mix; the mix needs `payment_method` on the transactions, the rates a returns table) and `rep_*` from
+`repayment_features_at` (days past due, late instalments in 3/6/12 months, share repaid).
+
 - numeric fields: skewed non-negative amounts go through log1p, then a robust standardisation
   (median / IQR, clipped) for the continuous input, plus quantile-bin one-hot columns and a
   piecewise-linear encoding over the same quantiles, so both the linear part and the MLP can bend
@@ -22,6 +28,9 @@ import pandas as pd
 
 NON_FEATURES = ("application_id", "customer_id", "applied_at", "default")
 BEHAVIOUR_PREFIX = "beh_"
+RETURN_PREFIX, REPAYMENT_PREFIX = "ret_", "rep_"
+RETURN_RATES = ("returned_value", "net_spend", "return_rate_count", "return_rate_value", "n_returns",
+                "days_to_return_mean")  # the return features kept (n_orders and spend are in beh_*)
 WINDOWS = (30, 90, 180, 365)  # days of purchase history counted before the application
 AMOUNT_SHAPE = ("log_amount_mean", "log_amount_sd")  # the shape statistics that need amounts
 
@@ -42,18 +51,50 @@ def application_features(
     *,
     drop: tuple[str, ...] = (),
     categories: list[str] | None = None,
+    returns: pd.DataFrame | None = None,
+    repayments: pd.DataFrame | None = None,
+    methods: list[str] | None = None,
 ) -> pd.DataFrame:
     """One feature row per application (same order/index): application fields + behaviour at applied_at.
 
     `categories` fixes the purchase-category vocabulary (the trained model's), so new batches get the
-    same `beh_cat_share_*` columns as the training data.
+    same `beh_cat_share_*` columns as the training data; `methods` the payment methods of `ret_pay_share_*`.
+    `returns` / `repayments`: the canonical tables, for the `ret_*` / `rep_*` features (see the module docstring).
     """
     keep = [c for c in applications.columns if c not in NON_FEATURES and c not in drop]
     X = applications[keep].copy()
     if transactions is not None:
         X = X.join(behaviour_at_application(applications, transactions, categories))
         X = X.join(history_shape_statistics(applications, transactions))
+        if returns is not None or "payment_method" in transactions.columns:
+            X = X.join(returns_at_application(applications, transactions, returns, methods))
+    if repayments is not None:
+        X = X.join(repayments_at_application(applications, repayments))
     return X
+
+
+def _anchors(applications: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"customer_id": applications["customer_id"].to_numpy(),
+                         "as_of": applications["applied_at"].to_numpy()}, index=applications.index)
+
+
+def returns_at_application(applications: pd.DataFrame, transactions: pd.DataFrame, returns: pd.DataFrame | None,
+                           methods: list[str] | None = None) -> pd.DataFrame:
+    """`ret_*`: return rates (with a returns table) and the payment-method mix (with `payment_method`) of each
+    applicant's orders and returns strictly before applied_at."""
+    from offerlab.data.returns import return_features_at
+
+    f = return_features_at(transactions, returns, _anchors(applications), methods=methods, inclusive=False)
+    cols = [c for c in f.columns if (returns is not None and c in RETURN_RATES)
+            or c.startswith("pay_share_") or c == "instalment_share"]
+    return f[cols].add_prefix(RETURN_PREFIX)
+
+
+def repayments_at_application(applications: pd.DataFrame, repayments: pd.DataFrame) -> pd.DataFrame:
+    """`rep_*`: each applicant's repayment record as it stood just before applied_at."""
+    from offerlab.data.returns import repayment_features_at
+
+    return repayment_features_at(repayments, _anchors(applications), inclusive=False).add_prefix(REPAYMENT_PREFIX)
 
 
 def behaviour_at_application(

@@ -49,5 +49,5 @@ def decide(model, applications: pd.DataFrame, X: pd.DataFrame, config: DecisionC
     out["grade"] = pd_to_grade(pd_, config.grades)
     r = config.reasons
     reasons = explain(model, X, groups=r.groups, labels=r.labels, k=r.max_reasons, min_effect=r.min_effect)
-    terms = credit_terms(pd_, config.terms, applications)
+    terms = credit_terms(pd_, config.terms, applications, X)
     return pd.concat([out, reasons, terms], axis=1)

@@ -5,7 +5,8 @@ applicant's values are replaced by the typical applicant's (training mode / medi
 in calibrated log-odds of default is the group's contribution (positive = raised the risk). The top
 contributions above `min_effect` (at most four, per adverse-action practice) become statements such
 as "Status of existing checking account: ... < 0 DM" or "Credit amount: high". Statements name
-levels and directions, never an applicant's amounts, so they can be logged.
+levels and directions, never an applicant's amounts, so they can be logged. Payment behaviour is said in words
+with its count or share (`WORDED`): "2 late instalments in the last 6 months", "returns 60% of what they buy".
 """
 
 from __future__ import annotations
@@ -16,6 +17,43 @@ import pandas as pd
 from offerlab.credit.data import BEHAVIOUR_PREFIX
 
 MAX_REASONS = 4
+
+
+def _count_words(what: str, when: str):
+    def words(x: np.ndarray) -> np.ndarray:
+        n = np.nan_to_num(x, nan=0.0).astype(int)
+        return np.where(n == 0, f"no {what} {when}", np.where(n == 1, f"1 {what} {when}",
+                        np.char.add(n.astype(str), f" {what}s {when}"))).astype(object)
+    return words
+
+
+def _share_words(template: str):
+    def words(x: np.ndarray) -> np.ndarray:
+        pct = np.char.add(np.round(np.nan_to_num(x, nan=0.0) * 100).astype(int).astype(str), "%")
+        return np.where(np.isnan(x), "no history", np.char.replace(np.full(len(x), template), "{pct}", pct)
+                        ).astype(object)
+    return words
+
+
+def _days_words(x: np.ndarray) -> np.ndarray:
+    n = np.nan_to_num(x, nan=0.0).astype(int)
+    return np.where(n <= 0, "never past due", np.char.add(np.char.add("up to ", n.astype(str)), " days past due")
+                    ).astype(object)
+
+
+# a group whose first column is one of these is stated with the applicant's count or share (never an amount)
+WORDED = {
+    "rep_late_3m": _count_words("late instalment", "in the last 3 months"),
+    "rep_late_6m": _count_words("late instalment", "in the last 6 months"),
+    "rep_late_12m": _count_words("late instalment", "in the last 12 months"),
+    "rep_n_late": _count_words("late instalment", "so far"),
+    "rep_overdue_now": _count_words("instalment", "overdue now"),
+    "rep_dpd_max": _days_words,
+    "rep_share_repaid": _share_words("{pct} of the instalments due repaid"),
+    "ret_return_rate_value": _share_words("returns {pct} of what they buy"),
+    "ret_return_rate_count": _share_words("returned {pct} of their orders"),
+    "ret_instalment_share": _share_words("{pct} of orders paid in instalments or later"),
+}
 
 
 def default_label(column: str) -> str:
@@ -70,7 +108,9 @@ def statement_arrays(columns, groups: dict[str, list[str]], reference: dict,
         c = cols[0]
         label = labels.get(name, labels.get(c, default_label(name)))
         v = np.asarray(columns[c])
-        if v.dtype.kind in "iuf":
+        if c in WORDED and v.dtype.kind in "iuf":
+            word = WORDED[c](v.astype(float))
+        elif v.dtype.kind in "iuf":
             x = v.astype(float)
             ref = float(reference.get(c, np.nanmedian(x)))
             word = np.where(np.isnan(x), "unknown", np.where(x > ref, "high", np.where(x < ref, "low", "typical")))

@@ -658,9 +658,21 @@ class CreditModel:
         return self.encoded_logit(enc), occluded
 
     # -- applications in, offers out --------------------------------------------------------------
-    def features(self, applications: pd.DataFrame, transactions: pd.DataFrame | None = None) -> pd.DataFrame:
-        """Feature rows for raw applications; behaviour features need `transactions` (or `beh_*` columns)."""
-        from offerlab.credit.data import BEHAVIOUR_PREFIX, application_features
+    @property
+    def behaviour_features(self) -> dict[str, list[str]]:
+        """The return / payment-mix (`ret_*`, built from transactions and returns) and repayment (`rep_*`) feature
+        columns this model uses: what a caller must supply the tables for."""
+        from offerlab.credit.data import REPAYMENT_PREFIX, RETURN_PREFIX
+
+        cols = getattr(self, "feature_columns", [])
+        return {"returns": [c for c in cols if c.startswith(RETURN_PREFIX)],
+                "repayments": [c for c in cols if c.startswith(REPAYMENT_PREFIX)]}
+
+    def features(self, applications: pd.DataFrame, transactions: pd.DataFrame | None = None, *,
+                 returns: pd.DataFrame | None = None, repayments: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Feature rows for raw applications; behaviour features need `transactions` (or `beh_*` columns), return
+        features `returns` (and payment_method on the transactions), repayment features `repayments`."""
+        from offerlab.credit.data import BEHAVIOUR_PREFIX, RETURN_RATES, application_features
 
         needs_behaviour = any(c.startswith(BEHAVIOUR_PREFIX) for c in self.feature_columns)
         has_behaviour = any(c.startswith(BEHAVIOUR_PREFIX) for c in applications.columns)
@@ -668,15 +680,28 @@ class CreditModel:
             raise ValueError(
                 "this model uses purchase-history features: pass the transactions table (or beh_* columns)"
             )
+        used = self.behaviour_features
+        given = set(applications.columns)
+        if used["repayments"] and not set(used["repayments"]) <= given and repayments is None:
+            raise ValueError("this model uses repayment features (rep_*): pass the repayments table")
+        if any(c.removeprefix("ret_") in RETURN_RATES for c in used["returns"]) and not set(
+                used["returns"]) <= given and returns is None:
+            raise ValueError("this model uses return features (ret_*): pass the returns table")
         share = BEHAVIOUR_PREFIX + "cat_share_"
         categories = [c.removeprefix(share) for c in self.feature_columns if c.startswith(share)]
-        X = application_features(applications, transactions if needs_behaviour and not has_behaviour else None,
-                                 categories=categories or None)
+        methods = [c.removeprefix("ret_pay_share_") for c in used["returns"] if c.startswith("ret_pay_share_")]
+        tx = transactions if needs_behaviour and not has_behaviour else None
+        X = application_features(applications, tx, categories=categories or None,
+                                 returns=returns if used["returns"] and tx is not None else None,
+                                 repayments=repayments if used["repayments"] else None, methods=methods or None)
+        if tx is not None and not used["returns"]:
+            X = X.drop(columns=[c for c in X.columns if c.startswith("ret_")])
         self.encoder.check_columns(X)
         return X[self.feature_columns]
 
     def decide(self, applications: pd.DataFrame, transactions: pd.DataFrame | None = None, config=None,
-               features: pd.DataFrame | None = None) -> pd.DataFrame:
+               features: pd.DataFrame | None = None, *, returns: pd.DataFrame | None = None,
+               repayments: pd.DataFrame | None = None) -> pd.DataFrame:
         """PD, score, grade, reasons (<= 4) and credit terms per application (see `offerlab.credit`).
 
         `features` skips feature building when the caller already has them (same rows and order).
@@ -684,7 +709,8 @@ class CreditModel:
         from offerlab.credit.decision import DecisionConfig, decide
 
         config = config or self.decision or DecisionConfig()
-        X = features[self.feature_columns] if features is not None else self.features(applications, transactions)
+        X = features if features is not None else self.features(applications, transactions, returns=returns,
+                                                                 repayments=repayments)
         return decide(self, applications, X, config)
 
     # -- persistence ----------------------------------------------------------------------------
