@@ -96,3 +96,27 @@ def test_timing_answer_skips_a_returned_purchase(serving_models):  # noqa: F811
         "returns": [{"order_id": last["order_id"], "returned_at": last["timestamp"], "amount": last["amount"]}]})
     with pytest.raises(ValidationError, match="returned in full does not count"):
         adapter.predict([only])
+
+
+def test_credit_columns_from_the_request_history():
+    from offerlab.serving.contracts import CreditRequest
+    from offerlab.serving.models import returns_repayment_columns
+
+    history = [{**HISTORY[0], "payment_method": "card"}, {**HISTORY[1], "payment_method": "bnpl"},
+               {**HISTORY[2], "payment_method": "bnpl"}]
+    body = _req([{"order_id": "o2", "returned_at": "2024-10-04T00:00:00", "amount": 9.45}],
+                [{"credit_id": "o2", "issued_at": "2024-10-01T18:40:00", "due_date": "2024-10-31T00:00:00",
+                  "paid_at": "2024-11-12T00:00:00", "amount_due": 18.9, "amount_paid": 18.9},
+                 {"credit_id": "o3", "issued_at": "2024-11-03T09:05:00", "due_date": "2024-12-03T00:00:00",
+                  "paid_at": None, "amount_due": 57.0, "amount_paid": 0.0}], history=history)
+    req = CreditRequest.model_validate({**body, "application": {"age": 40}})
+    cols = ["ret_return_rate_count", "ret_return_rate_value", "ret_pay_share_bnpl", "ret_pay_share_card",
+            "rep_late_6m", "rep_dpd_max", "rep_n_instalments", "rep_share_repaid", "age"]
+    out = returns_repayment_columns([req], cols)
+    assert set(out) == set(cols) - {"age"}  # application fields are the application's
+    assert out["ret_return_rate_count"][0] == pytest.approx(1 / 3)
+    assert out["ret_return_rate_value"][0] == pytest.approx(9.45 / (42.5 + 18.9 + 57.0))
+    assert (out["ret_pay_share_bnpl"][0], out["ret_pay_share_card"][0]) == pytest.approx((2 / 3, 1 / 3))
+    # o2's instalment was paid 12 days late; o3's is not due by as_of 2024-12-01
+    assert (out["rep_late_6m"][0], out["rep_dpd_max"][0], out["rep_n_instalments"][0]) == (1.0, 12.0, 1.0)
+    assert out["rep_share_repaid"][0] == pytest.approx(1.0)

@@ -142,6 +142,9 @@ class Purchase(_Strict):
     amount: Amount
     order_id: str | None = Field(None, min_length=1, max_length=128, description=(
         "your order id (optional; needed to link returns to this purchase)"))
+    payment_method: str | None = Field(None, min_length=1, max_length=32, description=(
+        "how it was paid (e.g. card, instalments, bnpl, invoice); the credit model reads the mix where trained "
+        "with it"))
     category: str | None = Field(None, max_length=64, description="product category, one the model knows")
     items: list[PurchaseItem] | None = Field(None, max_length=MAX_ITEMS_PER_PURCHASE, description=(
         "the purchase's lines (optional): with them the timing answer carries the replenishment basket, where "

@@ -467,7 +467,7 @@ class CreditAdapter:
         enc = self.model.encoder
         fields: dict[str, dict] = {}
         for c in self.model.feature_columns:
-            if c.startswith("beh_"):
+            if c.startswith(HISTORY_PREFIXES):
                 continue
             if c in enc.categorical:
                 fields[c] = {"kind": "category", "levels": [str(v) for v in enc.vocab[c]], "required": True,
@@ -486,7 +486,7 @@ class CreditAdapter:
         rows = [r.application.fields() for r in reqs]
         apps: dict[str, np.ndarray] = {}
         for c in self.model.feature_columns:
-            if c.startswith("beh_"):
+            if c.startswith(HISTORY_PREFIXES):
                 continue
             values = [row.get(c) for row in rows]
             absent = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and np.isnan(v))]
@@ -522,6 +522,7 @@ class CreditAdapter:
         if beh:
             b = _behaviour(reqs, _windows(beh, "beh_"), _categories(beh, "beh_"), shape_stats=True)
             X.update({"beh_" + c: np.asarray(v, dtype=np.float64) for c, v in b.items()})
+        X.update(returns_repayment_columns(reqs, cols))
         n = len(reqs)
         return {c: X[c] if c in X else np.full(n, np.nan) for c in cols}
 
@@ -589,6 +590,52 @@ class CreditAdapter:
                 covers_request=bool(covers[i]) if covers is not None else None,
                 model_version=self.version, model_ms=ms))
         return answers
+
+
+HISTORY_PREFIXES = ("beh_", "ret_", "rep_")  # credit features built from the request's history, not its application
+
+
+def request_tables(reqs: list[CustomerHistory]) -> dict[str, pd.DataFrame]:
+    """A batch's histories as the canonical tables (customer ids r000000, ...; an order without an id gets its
+    position): transactions (with order_id, payment_method), returns and repayments."""
+    ids = [f"r{i:06d}" for i in range(len(reqs))]
+    tx = pd.DataFrame([(ids[i], p.timestamp, p.amount, p.order_id or f"#{j}", p.payment_method)
+                       for i, r in enumerate(reqs) for j, p in enumerate(r.history)],
+                      columns=["customer_id", "timestamp", "amount", "order_id", "payment_method"])
+    ret = pd.DataFrame([(ids[i], x.order_id, x.returned_at, x.amount) for i, r in enumerate(reqs) for x in r.returns],
+                       columns=["customer_id", "order_id", "returned_at", "amount"])
+    rep = pd.DataFrame([(ids[i], x.credit_id, x.issued_at, x.due_date, x.paid_at, x.amount_due, x.amount_paid)
+                        for i, r in enumerate(reqs) for x in r.repayments],
+                       columns=["customer_id", "credit_id", "issued_at", "due_date", "paid_at", "amount_due",
+                                "amount_paid"])
+    for frame, cols in ((tx, ["timestamp"]), (ret, ["returned_at"]), (rep, ["issued_at", "due_date", "paid_at"])):
+        for c in cols:
+            frame[c] = pd.to_datetime(frame[c])
+    anchors = pd.DataFrame({"customer_id": ids, "as_of": pd.to_datetime([r.answer_time() for r in reqs])})
+    return {"transactions": tx, "returns": ret, "repayments": rep, "anchors": anchors}
+
+
+def returns_repayment_columns(reqs: list[CustomerHistory], cols: list[str]) -> dict[str, np.ndarray]:
+    """The credit model's `ret_*` (return rates, payment-method mix) and `rep_*` (repayment record) columns from
+    the requests' histories, returns and repayments, strictly before each as-of instant (as at training, where
+    nothing at or after applied_at counts): `offerlab.data.returns`' own builders."""
+    ret = [c for c in cols if c.startswith("ret_")]
+    rep = [c for c in cols if c.startswith("rep_")]
+    if not (ret or rep) or not reqs:
+        return {}
+    from offerlab.data.returns import repayment_features_at, return_features_at
+
+    t = request_tables(reqs)
+    out: dict[str, np.ndarray] = {}
+    if ret:
+        methods = [c.removeprefix("ret_pay_share_") for c in ret if c.startswith("ret_pay_share_")]
+        f = return_features_at(t["transactions"], t["returns"], t["anchors"], methods=methods or None,
+                               inclusive=False).add_prefix("ret_")
+        out.update({c: f[c].to_numpy(dtype=np.float64) for c in ret if c in f.columns})
+    if rep:
+        f = repayment_features_at(t["repayments"], t["anchors"], inclusive=False).add_prefix("rep_")
+        out.update({c: f[c].to_numpy(dtype=np.float64) for c in rep if c in f.columns})
+    return out
 
 
 def _default_decision():
