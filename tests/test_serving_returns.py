@@ -120,3 +120,21 @@ def test_credit_columns_from_the_request_history():
     # o2's instalment was paid 12 days late; o3's is not due by as_of 2024-12-01
     assert (out["rep_late_6m"][0], out["rep_dpd_max"][0], out["rep_n_instalments"][0]) == (1.0, 12.0, 1.0)
     assert out["rep_share_repaid"][0] == pytest.approx(1.0)
+
+
+def test_batch_timing_scores_purchases_net_of_returns(serving_models):  # noqa: F811
+    import pandas as pd
+
+    from offerlab.serving.score import load_model, score_timing
+
+    tx = serving_models.synth.transactions
+    top = tx["customer_id"].value_counts().index[:3]
+    tx = tx[tx["customer_id"].isin(top)]
+    last = tx.sort_values("timestamp").groupby("customer_id").tail(1)
+    returns = pd.DataFrame({"customer_id": last["customer_id"], "order_id": last["order_id"],
+                            "returned_at": last["timestamp"] + pd.Timedelta(days=2), "amount": last["amount"]})
+    model, as_of = load_model("timing"), pd.Timestamp("2025-01-01")
+    got = score_timing(model, tx, as_of, 16, returns).set_index("customer_id").sort_index()
+    want = score_timing(model, tx.drop(index=last.index), as_of, 16).set_index("customer_id").sort_index()
+    assert list(got.columns) == list(want.columns) and len(got) == 3
+    pd.testing.assert_frame_equal(got.select_dtypes("number"), want.select_dtypes("number"))

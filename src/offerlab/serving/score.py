@@ -60,6 +60,8 @@ class ScoreInputs:
     transactions: pd.DataFrame | None = None
     customers: pd.DataFrame | None = None
     applications: pd.DataFrame | None = None
+    returns: pd.DataFrame | None = None  # timing: purchases net of them; credit: the ret_* features
+    repayments: pd.DataFrame | None = None  # credit: the rep_* features
 
 
 def read_table(path: str | Path, table: str, required: tuple[str, ...], optional: tuple[str, ...] | None = None
@@ -212,8 +214,15 @@ def check_amounts(models: dict, inputs: ScoreInputs, path: str | Path) -> None:
             raise no_amounts_error(MODEL_FAMILY[key], what, path)
 
 
-def score_timing(model, tx: pd.DataFrame, as_of: pd.Timestamp, n_samples: int = 100) -> pd.DataFrame:
-    """Next-purchase answers per customer (the timing pyfunc at one instant for every chunk)."""
+def score_timing(model, tx: pd.DataFrame, as_of: pd.Timestamp, n_samples: int = 100,
+                 returns: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Next-purchase answers per customer (the timing pyfunc at one instant for every chunk); with `returns`, from
+    the purchases net of those made by as_of (an order returned in full is no purchase)."""
+    if returns is not None:
+        from offerlab.timing.returns import lines_net_of_returns, net_of_returns
+
+        tx = lines_net_of_returns(tx, returns, as_of) if "item_id" in tx.columns else net_of_returns(tx, returns,
+                                                                                                      as_of)[0]
     if "amount" not in tx.columns:  # checked here too: a model logged before amounts were optional requires them
         predictor = getattr(model.unwrap_python_model(), "predictor", None)
         if getattr(predictor, "uses_amount", True):
@@ -261,11 +270,14 @@ def score_discount(model, tx: pd.DataFrame, customers: pd.DataFrame | None, as_o
     return out
 
 
-def score_credit(model, apps: pd.DataFrame, tx: pd.DataFrame | None) -> pd.DataFrame:
-    """PD, score, grade, reasons and terms per application (behaviour features from `tx` when needed)."""
+def score_credit(model, apps: pd.DataFrame, tx: pd.DataFrame | None, returns: pd.DataFrame | None = None,
+                 repayments: pd.DataFrame | None = None) -> pd.DataFrame:
+    """PD, score, grade, reasons and terms per application (behaviour, return and repayment features from `tx`,
+    `returns` and `repayments` when the model uses them)."""
     cm = model.unwrap_python_model().model
-    feats = cm.features(apps, tx)
-    beh = [c for c in feats.columns if c.startswith("beh_") and c not in apps.columns]
+    uses = getattr(cm, "behaviour_features", None)
+    feats = cm.features(apps, tx, returns=returns, repayments=repayments) if uses is not None else cm.features(apps, tx)
+    beh = [c for c in feats.columns if c.startswith(("beh_", "ret_", "rep_")) and c not in apps.columns]
     out = model.predict(apps.drop(columns=["default"], errors="ignore").join(feats[beh]))
     for i, c in enumerate(("customer_id", "application_id")):
         if c in apps and c not in out:
@@ -284,14 +296,15 @@ def _prefixed(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
 
 
 def score_offers(models: dict, tx: pd.DataFrame, customers: pd.DataFrame | None, apps: pd.DataFrame | None,
-                 as_of: pd.Timestamp, n_samples: int = 100) -> pd.DataFrame:
+                 as_of: pd.Timestamp, n_samples: int = 100, returns: pd.DataFrame | None = None,
+                 repayments: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per customer: timing_*, discount_* and (with applications) credit_* columns."""
-    out = _prefixed(score_timing(models["timing"], tx, as_of, n_samples), "timing")
+    out = _prefixed(score_timing(models["timing"], tx, as_of, n_samples, returns), "timing")
     orders = as_orders(tx)
     disc = _prefixed(score_discount(models["discount"], orders, customers, as_of), "discount")
     out = out.merge(disc, on="customer_id", how="left", validate="one_to_one")
     if apps is not None and len(apps):
-        credit = _prefixed(score_credit(models["credit"], apps, orders), "credit")
+        credit = _prefixed(score_credit(models["credit"], apps, orders, returns, repayments), "credit")
         out = out.merge(credit, on="customer_id", how="left", validate="one_to_one")
     return out
 
@@ -412,12 +425,13 @@ def load_models(command: str, model_uri: str | None = None, alias: str = CHAMPIO
 def score_chunk(command: str, models: dict, inputs: ScoreInputs, tx: pd.DataFrame | None,
                 apps: pd.DataFrame | None, as_of: pd.Timestamp | None, n_samples: int) -> pd.DataFrame:
     if command == "timing":
-        return score_timing(models["timing"], tx, as_of, n_samples)
+        return score_timing(models["timing"], tx, as_of, n_samples, inputs.returns)
     if command == "discount":
         return score_discount(models["discount"], as_orders(tx), inputs.customers, as_of)
     if command == "credit":
-        return score_credit(models["credit"], apps, None if tx is None else as_orders(tx))
-    return score_offers(models, tx, inputs.customers, apps, as_of, n_samples)
+        return score_credit(models["credit"], apps, None if tx is None else as_orders(tx), inputs.returns,
+                            inputs.repayments)
+    return score_offers(models, tx, inputs.customers, apps, as_of, n_samples, inputs.returns, inputs.repayments)
 
 
 def check_output(output: str | Path, inputs: list[str | Path | None], force: bool) -> Path:
@@ -452,7 +466,7 @@ def spec_inputs(command: str, spec) -> ScoreInputs:
     if command == "credit":
         apps = spec.table("applications")
         tx = spec.table("transactions") if spec.has("transactions") else None
-        return ScoreInputs(transactions=tx, applications=apps)
+        return ScoreInputs(transactions=tx, applications=apps, **_returns_tables(spec))
     tx = spec.table("transactions")
     cust = spec.table("customers") if spec.has("customers") else None
     if spec.has("campaign"):
@@ -465,7 +479,12 @@ def spec_inputs(command: str, spec) -> ScoreInputs:
     if command == "offers" and spec.has("applications"):
         apps = latest_application(spec.table("applications"))
         apps = apps[apps["customer_id"].isin(pd.unique(tx["customer_id"]))]
-    return ScoreInputs(transactions=tx, customers=cust, applications=apps)
+    return ScoreInputs(transactions=tx, customers=cust, applications=apps, **_returns_tables(spec))
+
+
+def _returns_tables(spec) -> dict:
+    """The spec's returns and repayments tables, where it has them."""
+    return {t: spec.table(t) for t in ("returns", "repayments") if spec.has(t)}
 
 
 def run_score(command: str, input_path: str | Path | None, output: str | Path, *,
