@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    from offerlab import quiet
+
+    quiet.configure(verbose=False)  # before the libraries are imported: one line per step, no banners
     from offerlab.credit.bench import payments_comparison, write_json_atomic
+    from offerlab.credit.cli import _quiet_lightning
     from offerlab.credit.config import load_config
     from offerlab.data.synth import synth_to_dir
 
@@ -30,10 +34,10 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/offerlab-credit-payments"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _quiet_lightning()
     folder = args.work_dir / f"synth_{args.customers}"
     if not (folder / "repayments.parquet").is_file():
-        logging.info("bench credit payments: generating %d customers into %s", args.customers, folder)
+        logging.getLogger("offerlab").info("bench credit payments: generating %d customers into %s", args.customers, folder)
         synth_to_dir(args.customers, 0, folder)
     cfg = load_config(ROOT / "configs" / "credit" / "synth.yaml", {"data": {"synth_dir": str(folder)}})
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
