@@ -11,7 +11,7 @@ The shift (what changed between the periods, and nothing else):
   performance report's credit figures can be set against the true PD's.
 
 Run (needs champions of the three families in the tracking store, e.g. after `offerlab run`):
-    python scripts/simulate_shift.py --customers 4000 --out sim_shift
+    python scripts/simulate_shift.py --customers 10000 --out sim_shift
 Prints one JSON with the drift report's flagged variables and the performance figures of both periods,
 next to the truth's (oracle AUC of the true PD, mean true PD).
 """
@@ -54,7 +54,14 @@ def period(n_customers: int, seed: int, *, shifted: bool, keep_other: float = 0.
         logit = np.log(apps["true_pd"] / (1 - apps["true_pd"])) + TRUE_LOGIT_PER_LOG_REQUESTED * np.log(price_factor)
         apps = apps.assign(true_pd=1 / (1 + np.exp(-logit)))
         apps = apps.assign(default=(rng.random(len(apps)) < apps["true_pd"]).astype(int))
-    return before, cust, apps, after
+    side = {}
+    for name in ("returns", "repayments"):  # generator version 4: the credit model may read them
+        table = getattr(s, name, None)
+        if table is not None:
+            table = table[table["customer_id"].isin(ids)]
+            when = next((c for c in ("returned_at", "issued_at") if c in table), None)  # known by AS_OF
+            side[name] = table[pd.to_datetime(table[when]) <= cut] if when else table
+    return before, cust, apps, after, side
 
 
 def run(n_customers: int, out: str | Path, seed: int = 11, n_samples: int = 8, keep_other: float = 0.3,
@@ -62,7 +69,7 @@ def run(n_customers: int, out: str | Path, seed: int = 11, n_samples: int = 8, k
     from offerlab.credit.metrics import auc, ece
     from offerlab.monitor import drift, performance
     from offerlab.monitor.decision_log import read_decisions
-    from offerlab.serving.score import latest_application, run_score
+    from offerlab.serving.score import ScoreInputs, latest_application, run_score
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +78,7 @@ def run(n_customers: int, out: str | Path, seed: int = 11, n_samples: int = 8, k
                     "keep_other_regions": keep_other}
     logs = {}
     for name, shifted, s in (("reference", False, seed), ("current", True, seed + 1)):
-        tx, cust, apps, after = period(n_customers, s, shifted=shifted, keep_other=keep_other,
+        tx, cust, apps, after, side = period(n_customers, s, shifted=shifted, keep_other=keep_other,
                                        price_factor=price_factor)
         d = out / name
         d.mkdir(exist_ok=True)
@@ -83,8 +90,8 @@ def run(n_customers: int, out: str | Path, seed: int = 11, n_samples: int = 8, k
         latest[["customer_id", "default"]].to_parquet(d / "defaults.parquet")
         shutil.rmtree(d / "decisions", ignore_errors=True)  # this run's records only
         os.environ["OFFERLAB_DECISION_LOG"] = str(d / "decisions")
-        summary = run_score("offers", d / "tx.parquet", d / "offers.parquet", customers=d / "customers.parquet",
-                            applications=d / "applications.parquet", as_of=AS_OF, n_samples=n_samples,
+        inputs = ScoreInputs(transactions=tx, customers=cust, applications=latest.drop(columns=["true_pd"]), **side)
+        summary = run_score("offers", None, d / "offers.parquet", inputs=inputs, as_of=AS_OF, n_samples=n_samples,
                             force=True, progress=False)
         logs[name] = read_decisions([str(d / "decisions")])
         outcomes = {"purchases": after[["customer_id", "timestamp"]], "defaults": latest[["customer_id", "default"]]}
@@ -109,7 +116,7 @@ def run(n_customers: int, out: str | Path, seed: int = 11, n_samples: int = 8, k
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--customers", type=int, default=4000)
+    ap.add_argument("--customers", type=int, default=10_000)
     ap.add_argument("--out", default="sim_shift")
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args()

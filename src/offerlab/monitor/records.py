@@ -238,7 +238,12 @@ def batch_records(command: str, result: pd.DataFrame, inputs, models: dict, as_o
         apps = inputs.applications
         if apps is not None and len(apps):
             cm = models["credit"].unwrap_python_model().model
-            feats = cm.features(apps, None if tx is None else as_orders(tx))
+            orders = None if tx is None else as_orders(tx)
+            if getattr(cm, "behaviour_features", None) is not None:  # as score_credit: returns, repayments too
+                feats = cm.features(apps, orders, returns=getattr(inputs, "returns", None),
+                                    repayments=getattr(inputs, "repayments", None))
+            else:
+                feats = cm.features(apps, orders)
             feats.index = apps["customer_id"].astype(str).to_numpy()
             if command == "credit":  # one row per application, in the applications' order
                 block = feats.reset_index(drop=True)
