@@ -310,7 +310,7 @@ def log_refusal(source: str, detail: list[dict]) -> None:
         fields = metrics.count_refusal(source, detail)
         dlog = process_log()
         if dlog is not None:
-            dlog.submit((refusal_records, (source, fields, utc_now())))
+            dlog.submit((refusal_records, (f"service:{source}", fields, utc_now())))
     except Exception:  # noqa: BLE001 - the log never fails a request
         pass
 
