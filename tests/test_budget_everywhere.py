@@ -331,7 +331,9 @@ def test_training_with_a_budget_stores_the_price(mlflow_store, tmp_path):
                              "net": {"hidden": [8], "head_hidden": 4, "ensemble": 1, "batch_size": 512,
                                      "patience": 1},
                              "trainer": {"max_epochs": 2}, "policy": {"margin": 0.4, "contact_cost": 0.1,
-                                                                       "budget": 50.0}})
+                                                                       "budget": 50.0,
+                                                                       "returns": {"counted": True,
+                                                                                   "handling_cost": 3.0}}})
     summary = train_from_config(cfg)
     run = mlflow.get_run(summary["run_id"])
     price = run.data.metrics["price_of_spend"]

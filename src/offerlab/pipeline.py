@@ -261,7 +261,8 @@ def score_campaign(spec, uri: str, path: Path) -> dict:
     import numpy as np
 
     from offerlab.serving.score import write_atomic
-    from offerlab.uplift.policy import choose_levels, level_economics
+    from offerlab.uplift.policy import choose_levels
+    from offerlab.uplift.pyfunc import frame_predictions
 
     data = spec.campaign_data()
     model = mlflow.pyfunc.load_model(uri)
@@ -271,9 +272,7 @@ def score_campaign(spec, uri: str, path: Path) -> dict:
     if budget is not None:
         inner = model.unwrap_python_model()
         levels = inner.model.levels
-        revenue = np.stack([rec[f"expected_revenue_{lv}"].to_numpy() for lv in levels], axis=1)
-        d = inner.policy.discount_rates(levels, inner.model.discounts)
-        profit, spend = level_economics(revenue, d, inner.policy.margin, inner.policy.contact_cost)
+        profit, spend = inner.policy.level_matrices(frame_predictions(rec, levels), levels, inner.model.discounts)
         choice, used = choose_levels(profit, spend, budget)
         rec["level_within_budget"] = np.asarray(levels, dtype=object)[choice]
         log.info("campaign within the budget %.2f: expected spend %.2f, %d customers treated", budget, used,

@@ -68,7 +68,8 @@ def plan_economics(spec, policy, levels: list[str], model_rates: dict[str, float
         raise ValueError(f"the data spec's campaign levels {spec.levels()} are not the model's {levels}: plan with "
                          "a model trained on this campaign's levels")
     return Economics(list(levels), np.array([declared["discounts"][lv] for lv in levels]),
-                     float(declared["margin"]), float(declared["contact_cost"])), declared.get("budget")
+                     float(declared["margin"]), float(declared["contact_cost"]), declared.get("returns")
+                     ), declared.get("budget")
 
 
 @campaign.command("plan")

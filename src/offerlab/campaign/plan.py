@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from offerlab.uplift.policy import allocate, choose_at_price, level_economics
+from offerlab.uplift.policy import allocate, choose_at_price, control_profit
 
 PLAN_META_KEY = b"offerlab.plan"
 ARMS = ("plan", "explore", "holdout")
@@ -125,19 +125,27 @@ class Economics:
     discounts: np.ndarray
     margin: float
     contact_cost: float
+    returns: dict | None = None  # policy.returns (counted, handling_cost) where the campaign logs returns
 
-    def matrices(self, revenue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Incremental profit and spend (n, L) from the expected net revenue per level."""
-        return level_economics(revenue, self.discounts, self.margin, self.contact_cost)
+    def policy(self):
+        from offerlab.uplift.policy import PolicyConfig
+
+        return PolicyConfig(margin=self.margin, contact_cost=self.contact_cost, returns=self.returns)
+
+    def matrices(self, pred: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Incremental profit and spend (n, L) from the model's predictions per level (net revenue, and the
+        expected returns when returns are counted), priced as the uplift policy prices them."""
+        return self.policy().matrices_at(pred, self.discounts)
 
     def to_dict(self) -> dict:
         return {"levels": self.levels, "discounts": dict(zip(self.levels, self.discounts.tolist(), strict=True)),
-                "margin": self.margin, "contact_cost": self.contact_cost}
+                "margin": self.margin, "contact_cost": self.contact_cost, "returns": self.returns}
 
     @classmethod
     def from_policy(cls, policy, levels: list[str], data_rates: dict[str, float] | None = None) -> Economics:
+        returns = policy.returns.model_dump() if getattr(policy, "returns", None) is not None else None
         return cls(list(levels), policy.discount_rates(list(levels), data_rates), float(policy.margin),
-                   float(policy.contact_cost))
+                   float(policy.contact_cost), returns)
 
 
 @dataclass
@@ -164,10 +172,10 @@ def make_plan(pred: dict[str, np.ndarray], economics: Economics, customer_id, de
     `members`: the ensemble members' predictions: the expected profit's interval is mean +- 1.96 sd of the plan's
     expected profit under each member (the model's own uncertainty; None with fewer than two members)."""
     levels = economics.levels
-    profit, spend = economics.matrices(pred["revenue"])
+    profit, spend = economics.matrices(pred)
     a = assign(profit, spend, design)
     n, rows = len(a.level), np.arange(len(a.level))
-    base = economics.margin * np.clip(pred["revenue"][:, 0], 0, None)  # profit under "none": gross = net at d = 0
+    base = control_profit(pred, economics.policy())  # profit under "none" (gross = net at d = 0), net of returns
     names = np.asarray(levels, dtype=object)
     frame = pd.DataFrame({
         "customer_id": np.asarray(customer_id),
@@ -186,8 +194,9 @@ def make_plan(pred: dict[str, np.ndarray], economics: Economics, customer_id, de
     if frame["customer_id"].duplicated().any():
         raise ValueError(f"{int(frame['customer_id'].duplicated().sum())} customers appear twice in the plan's "
                          "input: one row per customer")
-    totals = [float(economics.matrices(m["revenue"])[0][rows, a.level].sum()) for m in (members or [])]
-    spends = [float(economics.matrices(m["revenue"])[1][rows, a.level].sum()) for m in (members or [])]
+    per_member = [economics.matrices(m) for m in (members or [])]
+    totals = [float(p[rows, a.level].sum()) for p, _ in per_member]
+    spends = [float(sp[rows, a.level].sum()) for _, sp in per_member]
     used = a.spend_explore + a.spend_plan
     counts = pd.Series(frame["level"]).value_counts()
     summary = {

@@ -333,17 +333,18 @@ def discount_matrices(frame: pd.DataFrame, model, prefix: str = "") -> dict:
     """The uplift answers' per-level matrices (rows of `frame` with a discount answer): expected incremental
     profit and spend (n, L) by `level_economics` with the model's own policy and rates, as in its `predict`,
     plus conversion and revenue, `rows` (positions in `frame`) and `levels`."""
+    from offerlab.uplift.pyfunc import frame_predictions
+
     inner = model.unwrap_python_model()
     levels, policy = list(inner.model.levels), inner.policy
-    revenue = frame[[f"{prefix}expected_revenue_{lv}" for lv in levels]].to_numpy()
-    conversion = frame[[f"{prefix}p_conversion_{lv}" for lv in levels]].to_numpy()
-    ok = np.isfinite(revenue).all(axis=1) & np.isfinite(conversion).all(axis=1)
+    pred = frame_predictions(frame, levels, prefix)  # with returned / p_return where the model predicts returns
+    ok = np.logical_and.reduce([np.isfinite(v).all(axis=1) for v in pred.values()])
     rows = None if ok.all() else np.flatnonzero(ok)
     if rows is not None:
-        revenue, conversion = revenue[rows], conversion[rows]
-    profit, spend = policy.level_matrices(revenue, levels, inner.model.discounts)
-    return {"profit": profit, "spend": spend, "conversion": conversion, "revenue": revenue, "rows": rows,
-            "levels": levels, "policy": policy}
+        pred = {k: v[rows] for k, v in pred.items()}
+    profit, spend = policy.level_matrices(pred, levels, inner.model.discounts)
+    return {"profit": profit, "spend": spend, "conversion": pred["conversion"], "revenue": pred["revenue"],
+            "returned": pred.get("returned"), "rows": rows, "levels": levels, "policy": policy}
 
 
 def choose_discounts(frame: pd.DataFrame, model, budget: float | None, prefix: str = "") -> dict:
@@ -378,7 +379,7 @@ def apply_matrices_choice(frame: pd.DataFrame, m: dict, choice: np.ndarray, pref
     from offerlab.uplift.pyfunc import apply_choice
 
     apply_choice(frame, choice, m["profit"], m["spend"], m["conversion"], m["revenue"], m["levels"], prefix,
-                 m["rows"])
+                 m["rows"], m.get("returned"))
 
 
 # ------------------------------------------------------------------------------------------- runner

@@ -834,8 +834,10 @@ def _economics(spark, plan: GroupPlan, scored, models, budget, prefix) -> tuple[
         return {"budget": None, "spend": float(agg["s"] or 0.0), "price_of_spend": float(price),
                 "price_source": "model" if price > 0 else "none"}, None
     levels = list(model.unwrap_python_model().model.levels)
-    cols = ["customer_id", "_bucket", "_pos"] + [f"{prefix}{k}_{lv}" for lv in levels
-                                                 for k in ("expected_revenue", "p_conversion")]
+    from offerlab.uplift.pyfunc import PER_LEVEL_COLUMNS
+
+    cols = ["customer_id", "_bucket", "_pos"] + [c for k in PER_LEVEL_COLUMNS.values() for lv in levels
+                                                 if (c := f"{prefix}{k}_{lv}") in scored.columns]
     frame = scored.select(*cols).toPandas().sort_values(["_bucket", "_pos"], kind="stable").reset_index(drop=True)
     m = sm.discount_matrices(frame, model, prefix)
     choice, price, source = sm.whole_file_choice(m, budget)

@@ -57,12 +57,30 @@ def stored_price(policy) -> float:
     return float(getattr(policy, "price_of_spend", None) or 0.0)
 
 
+# the per-level prediction columns of a `predict` frame: <column prefix>_<level> for each key of `predict_levels`
+PER_LEVEL_COLUMNS = {"conversion": "p_conversion", "revenue": "expected_revenue", "returned": "expected_returned",
+                     "p_return": "p_return"}
+
+
+def frame_predictions(frame: pd.DataFrame, levels: list[str], prefix: str = "") -> dict[str, np.ndarray]:
+    """The model's per-level predictions (n, L) read back from a `predict` frame (columns prefixed by `prefix`):
+    conversion and revenue, and returned / p_return where the model predicts returns, so a choice made again
+    from the frame (a whole-file budget, a Spark price) prices levels exactly as `predict` did."""
+    out = {}
+    for key, name in PER_LEVEL_COLUMNS.items():
+        cols = [f"{prefix}{name}_{lv}" for lv in levels]
+        if all(c in frame.columns for c in cols):
+            out[key] = frame[cols].to_numpy(dtype=float)
+    return out
+
+
 def apply_choice(rec: pd.DataFrame, choice: np.ndarray, profit: np.ndarray, spend: np.ndarray,
                  conversion: np.ndarray, revenue: np.ndarray, levels: list[str], prefix: str = "",
-                 rows: np.ndarray | None = None) -> None:
+                 rows: np.ndarray | None = None, returned: np.ndarray | None = None) -> None:
     """Rewrite, in place, the chosen-level columns of a `policy.recommend` frame (names prefixed by `prefix`,
     e.g. "discount_" in `offerlab score offers`) for another choice of level per row; `rows`: the positions of
-    `rec` the matrices describe (default: every row, in order)."""
+    `rec` the matrices describe (default: every row, in order); `returned`: the expected returned revenue per level
+    of a model that predicts returns."""
     idx = np.arange(len(choice))
     at = np.arange(len(rec)) if rows is None else rows
     values = {
@@ -71,6 +89,8 @@ def apply_choice(rec: pd.DataFrame, choice: np.ndarray, profit: np.ndarray, spen
         "p_conversion": conversion[idx, choice], "expected_revenue": revenue[idx, choice],
         "uplift_conversion": conversion[idx, choice] - conversion[:, 0],
     }
+    if returned is not None and prefix + "expected_returned_revenue" in rec.columns:
+        values["expected_returned_revenue"] = returned[idx, choice]
     for name, v in values.items():
         col = prefix + name
         if rows is None:
