@@ -186,13 +186,12 @@ class _Parts:
 
     @classmethod
     def of(cls, requests: list[OffersRequest]) -> _Parts:
-        timing_idx = [i for i, r in enumerate(requests) if r.history]
+        # a customer whose every purchase came back has bought nothing: no timing answer (not a refusal)
+        timing_idx = [i for i, r in enumerate(requests) if r.net_of_returns().history]
         credit_idx = [i for i, r in enumerate(requests) if r.application is not None]
-        credit = [CreditRequest.model_construct(
-            customer_id=requests[i].customer_id, history=requests[i].history, as_of=requests[i].as_of,
-            application=requests[i].application) for i in credit_idx]
         return cls(timing_idx, [requests[i].part(TimingRequest) for i in timing_idx],
-                   [r.part(DiscountRequest) for r in requests], credit_idx, credit)
+                   [r.part(DiscountRequest) for r in requests], credit_idx,
+                   [requests[i].part(CreditRequest) for i in credit_idx])  # with its returns and repayments
 
     def joined(self, requests: list[OffersRequest], timing: list, discount: list, credit: list,
                combine=max) -> list[OffersAnswer]:

@@ -30,8 +30,10 @@ class ServingModels:
         cid = customer or tx["customer_id"].value_counts().index[0]
         rows = tx[tx["customer_id"] == cid].sort_values("timestamp")
         rows = rows.tail(n) if n else rows
-        return [{"timestamp": t.isoformat(), "amount": float(a), "category": str(c)}
-                for t, a, c in zip(rows["timestamp"], rows["amount"], rows["category"], strict=True)]
+        pay = rows["payment_method"] if "payment_method" in rows else [None] * len(rows)
+        return [{"timestamp": t.isoformat(), "amount": float(a), "category": str(c),
+                 **({"payment_method": str(m)} if m is not None else {})}
+                for t, a, c, m in zip(rows["timestamp"], rows["amount"], rows["category"], pay, strict=True)]
 
     def history_with_items(self, customer: str | None = None) -> list[dict]:
         """A real synthetic customer's purchases with their order lines (items) as request JSON."""
@@ -144,8 +146,9 @@ def train_serving_models(folder: Path) -> ServingModels:
     return ServingModels(uri, synth, versions)
 
 
-CACHE_SOURCES = ("timing/pyfunc.py", "timing/predict.py", "timing/model.py", "timing/data.py", "uplift/pyfunc.py",
-                 "uplift/model.py", "uplift/data.py", "credit/pyfunc.py", "credit/model.py", "credit/data.py")
+# every module of the families and the data they train on: a pickled model holds objects of all of them (a credit
+# model its terms and decision rules), so a change anywhere there rebuilds the cache
+CACHE_PACKAGES = ("timing", "uplift", "credit", "data")
 
 
 def cached_serving_models(wait_s: float = 900.0) -> ServingModels:
@@ -161,8 +164,9 @@ def cached_serving_models(wait_s: float = 900.0) -> ServingModels:
 
     pkg = Path(offerlab.__file__).parent
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for rel in CACHE_SOURCES:
-        h.update((pkg / rel).read_bytes())
+    for path in sorted(f for d in CACHE_PACKAGES for f in (pkg / d).rglob("*.py")):
+        h.update(path.relative_to(pkg).as_posix().encode())
+        h.update(path.read_bytes())
     final = Path(tempfile.gettempdir()) / f"offerlab-serving-models-{h.hexdigest()[:16]}"
     marker = final / "versions.json"
     try:

@@ -72,7 +72,9 @@ def test_timing_batch_matches_the_predictor_at_each_customers_own_as_of(offers, 
     predictor = offers.timing.adapter.predictor
     for req, ans in zip((early, late), answers, strict=True):
         tx = pd.DataFrame({"customer_id": "x", "timestamp": [p.timestamp for p in req.history],
-                           "amount": [p.amount for p in req.history], "category": [p.category for p in req.history]})
+                           "amount": [p.amount for p in req.history], "category": [p.category for p in req.history],
+                       "order_id": [p.order_id or f"#{j}" for j, p in enumerate(req.history)],
+                       "payment_method": [p.payment_method for p in req.history]})
         state = predictor.encode(tx, pd.Timestamp(req.as_of))
         assert ans.p_buy_30d == pytest.approx(float(predictor.prob_within(state, 30.0)[0]), rel=1e-5)
         assert ans.p_buy_7d == pytest.approx(float(predictor.prob_within(state, 7.0)[0]), rel=1e-5)
@@ -85,7 +87,9 @@ def test_credit_matches_the_library_decision(offers, serving_models):  # noqa: F
     ans = offers.credit.predict([req])[0]
     model = offers.credit.adapter.model
     tx = pd.DataFrame({"customer_id": "x", "timestamp": [p.timestamp for p in req.history],
-                       "amount": [p.amount for p in req.history], "category": [p.category for p in req.history]})
+                       "amount": [p.amount for p in req.history], "category": [p.category for p in req.history],
+                       "order_id": [p.order_id or f"#{j}" for j, p in enumerate(req.history)],
+                       "payment_method": [p.payment_method for p in req.history]})
     app = pd.DataFrame([{**req.application.fields(), "customer_id": "x",
                          "applied_at": pd.Timestamp(req.as_of) + pd.Timedelta(microseconds=1)}])
     ref = model.decide(app, tx)

@@ -277,6 +277,12 @@ def models_cmd(family: str | None) -> None:
               help="offers: applications parquet; adds credit_* columns for each customer's latest application.")
 @click.option("--transactions", type=click.Path(dir_okay=False), default=None,
               help="credit: transactions parquet for the purchase-history features.")
+@click.option("--returns", "returns_path", type=click.Path(dir_okay=False), default=None,
+              help="returns parquet (customer_id, order_id, returned_at, amount): timing scores purchases net of "
+                   "them; credit (and offers) builds the ret_* features of a model trained with them.")
+@click.option("--repayments", "repayments_path", type=click.Path(dir_okay=False), default=None,
+              help="repayments parquet (customer_id, credit_id, issued_at, due_date, paid_at, amount_due, "
+                   "amount_paid): the rep_* features of a credit model trained with them.")
 @click.option("--model-uri", default=None, help="Any MLflow model URI for a one-family command (default: the alias).")
 @click.option("--alias", default="champion", show_default=True, help="Registry alias of offerlab-<family>.")
 @click.option("--as-of", default=None, help="Scoring instant (default: end of the day of the latest transaction).")
@@ -290,7 +296,8 @@ def models_cmd(family: str | None) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @engine_options
 def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], input_path: str | None, output: str,
-              customers: str | None, applications: str | None, transactions: str | None, model_uri: str | None,
+              customers: str | None, applications: str | None, transactions: str | None,
+              returns_path: str | None, repayments_path: str | None, model_uri: str | None,
               alias: str, as_of: str | None, chunk_size: int, n_samples: int, budget: float | None,
               force: bool, engine: str, spark_master: str | None, spark_conf: tuple[str, ...],
               partition_by: tuple[str, ...]) -> None:
@@ -304,6 +311,8 @@ def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], i
       offerlab score timing --input data/synth/transactions.parquet --output reminders.parquet
       offerlab score discount --input tx.parquet --customers customers.parquet --output discounts.parquet
       offerlab score credit --input applications.parquet --transactions tx.parquet --output credit.parquet
+      offerlab score credit --input apps.parquet --transactions tx.parquet --returns returns.parquet \
+          --repayments repayments.parquet --output credit.parquet   # a model trained with ret_*/rep_*
       offerlab score offers --input tx.parquet --customers customers.parquet --applications apps.parquet \\
           --output offers.parquet --alias challenger --force
       offerlab score discount --input tx.parquet --customers customers.parquet --budget 5000 --output d.parquet
@@ -317,12 +326,14 @@ def score_cmd(command: str, data_spec: str | None, data_sets: tuple[str, ...], i
     inputs = None
     budget_from = "--budget" if budget is not None else None
     if spec is not None:
-        refuse_beside_spec(input=input_path, customers=customers, applications=applications, transactions=transactions)
+        refuse_beside_spec(input=input_path, customers=customers, applications=applications, transactions=transactions,
+                           returns=returns_path, repayments=repayments_path)
         inputs = spec_inputs(command, spec)
         if budget is None and command in BUDGET_COMMANDS and spec.spec.economics.budget is not None:
             budget, budget_from = spec.spec.economics.budget, "economics.budget"  # the flag wins when given
     summary = run_score(command, input_path, output, customers=customers, applications=applications,
-                        transactions=transactions, model_uri=model_uri, alias=alias, as_of=as_of,
+                        transactions=transactions, returns=returns_path, repayments=repayments_path,
+                        model_uri=model_uri, alias=alias, as_of=as_of,
                         chunk_size=chunk_size, n_samples=n_samples, force=force, inputs=inputs, budget=budget,
                         engine=engine, **spark_cli(engine, spark_master, spark_conf, partition_by))
     if budget_from:

@@ -48,7 +48,7 @@ MODEL_FAMILY = {"timing": "timing", "discount": "uplift", "credit": "credit"}
 COMMANDS = (*MODEL_FAMILY, "offers")
 SPARK_FLAGS = {"master": "--spark-master", "conf": "--spark-conf", "partition_by": "--partition-by"}
 TX_COLUMNS = ("customer_id", "timestamp")
-TX_OPTIONAL = ("amount", "category")
+TX_OPTIONAL = ("amount", "category", "payment_method")  # payment_method: the credit model's payment-method mix
 LINE_OPTIONAL = ("order_id", "item_id", "item_name", "quantity")  # a line-level file: the basket's input too
 APP_COLUMNS = ("customer_id", "applied_at")
 
@@ -395,23 +395,55 @@ def kept_tx_columns(columns: list[str]) -> list[str]:
 
 
 def read_inputs(command: str, input_path: str | Path, customers_path: str | Path | None = None,
-                applications_path: str | Path | None = None, transactions_path: str | Path | None = None
-                ) -> ScoreInputs:
+                applications_path: str | Path | None = None, transactions_path: str | Path | None = None,
+                returns_path: str | Path | None = None, repayments_path: str | Path | None = None) -> ScoreInputs:
     """The tables `command` needs; credit's --input is the applications table, the others' transactions."""
+    if (returns_path or repayments_path) and command == "discount":
+        raise ValueError("--returns / --repayments: `score discount` reads neither (the uplift model prices "
+                         "returns from its own return model); they apply to timing, credit and offers")
+    if repayments_path and command == "timing":
+        raise ValueError("--repayments: `score timing` does not read them; they apply to credit and offers")
     if command == "credit":
         apps = read_table(input_path, "applications", APP_COLUMNS)
-        tx = read_table(transactions_path, "transactions", TX_COLUMNS, TX_OPTIONAL) if transactions_path else None
+        tx = (read_table(transactions_path, "transactions", TX_COLUMNS, TX_OPTIONAL + ("order_id",))
+              if transactions_path else None)  # order_id: what a return refers to
+        if returns_path and tx is None:
+            raise ValueError("--returns needs --transactions: a return names the order (order_id) it sends back")
         if tx is not None:  # only applicants' histories matter; every chunk then holds applications
             tx = tx[tx["customer_id"].isin(pd.unique(apps["customer_id"]))]
-        return ScoreInputs(transactions=tx, applications=apps)
-    tx = read_table(input_path, "transactions", TX_COLUMNS, tx_optional(command))
-    tx = tx[kept_tx_columns(list(tx.columns))]
+        return ScoreInputs(transactions=tx, applications=apps,
+                           **history_tables(returns_path, repayments_path, tx, apps["customer_id"]))
+    tx = read_table(input_path, "transactions", TX_COLUMNS, tx_optional(command) + (("order_id",) if returns_path
+                                                                                    else ()))
+    tx = tx[[c for c in tx.columns if c in kept_tx_columns(list(tx.columns)) or (returns_path and c == "order_id")]]
     cust = read_table(customers_path, "customers", ("customer_id",)) if customers_path else None
     apps = None
     if applications_path and command == "offers":
         apps = latest_application(read_table(applications_path, "applications", APP_COLUMNS))
         apps = apps[apps["customer_id"].isin(pd.unique(tx["customer_id"]))]
-    return ScoreInputs(transactions=tx, customers=cust, applications=apps)
+    return ScoreInputs(transactions=tx, customers=cust, applications=apps,
+                       **history_tables(returns_path, repayments_path, tx, tx["customer_id"]))
+
+
+def history_tables(returns_path: str | Path | None, repayments_path: str | Path | None, tx: pd.DataFrame | None,
+                   customers: pd.Series) -> dict[str, pd.DataFrame]:
+    """The --returns and --repayments tables, validated like a data spec's (a return of an unknown order, before
+    its purchase or above its amount refused with the row named), kept to the scored customers."""
+    from offerlab.data.schema import REPAYMENTS, RETURNS, check_returns, validate_table
+
+    keep = set(pd.unique(customers.astype(str)))
+    out = {}
+    if returns_path:
+        r = read_table(returns_path, "returns", tuple(RETURNS.required),
+                       tuple(c.name for c in RETURNS.columns if not c.required))
+        r = validate_table(r, "returns")  # the user's file as given, then the scored customers' rows
+        out["returns"] = check_returns(r[r["customer_id"].isin(keep)].reset_index(drop=True), tx)
+    if repayments_path:
+        r = read_table(repayments_path, "repayments", tuple(REPAYMENTS.required),
+                       tuple(c.name for c in REPAYMENTS.columns if not c.required))
+        r = validate_table(r, "repayments")
+        out["repayments"] = r[r["customer_id"].isin(keep)].reset_index(drop=True)
+    return out
 
 
 def load_models(command: str, model_uri: str | None = None, alias: str = CHAMPION) -> dict:
@@ -490,7 +522,8 @@ def _returns_tables(spec) -> dict:
 
 def run_score(command: str, input_path: str | Path | None, output: str | Path, *,
               customers: str | Path | None = None, applications: str | Path | None = None,
-              transactions: str | Path | None = None, model_uri: str | None = None, alias: str = CHAMPION,
+              transactions: str | Path | None = None, returns: str | Path | None = None,
+              repayments: str | Path | None = None, model_uri: str | None = None, alias: str = CHAMPION,
               as_of: str | None = None, chunk_size: int = 50_000, n_samples: int = 100, force: bool = False,
               progress: bool = True, inputs: ScoreInputs | None = None,
               model_uris: dict[str, str] | None = None, budget: float | None = None, engine: str = "local",
@@ -508,6 +541,9 @@ def run_score(command: str, input_path: str | Path | None, output: str | Path, *
     if command not in COMMANDS:
         raise ValueError(f"unknown score command {command!r}; expected one of {list(COMMANDS)}")
     if engine == "spark":
+        if returns or repayments:
+            raise ValueError("--returns / --repayments are read by the local engine only (--engine local, or a data "
+                             "spec): the Spark engine does not join them yet")
         if inputs is not None:
             raise ValueError("--engine spark reads parquet paths (--input, --customers, --applications, "
                              "--transactions); a data spec (--data) is scored by the local engine")
@@ -524,12 +560,12 @@ def run_score(command: str, input_path: str | Path | None, output: str | Path, *
         raise ValueError(f"{', '.join(given)}: for --engine spark only")
     budget = check_budget(budget, command)
     __import__("offerlab.monitor.decision_log").monitor.decision_log.settings_from_env()  # refused before scoring
-    out = check_output(output, [input_path, customers, applications, transactions], force)
+    out = check_output(output, [input_path, customers, applications, transactions, returns, repayments], force)
     t0 = time.perf_counter()
     if inputs is None:
         if input_path is None:
             raise ValueError("give --input (a parquet file) or --data (a data spec)")
-        inputs = read_inputs(command, input_path, customers, applications, transactions)
+        inputs = read_inputs(command, input_path, customers, applications, transactions, returns, repayments)
     when = None
     if command != "credit":
         when = parse_as_of(as_of) if as_of else default_as_of(inputs.transactions)
