@@ -201,7 +201,8 @@ def test_data_init_drafts_blanks_that_check_and_run_refuse(synth, tmp_path):
     folder = write_stranger_files(synth, tmp_path / "files").parent
     draft = tmp_path / "draft.yaml"
     r = CliRunner().invoke(main, ["data", "init", *[str(folder / f) for f in
-                                                    ("orders.csv", "customers.csv", "campaign.csv", "applications.csv")],
+                                                    ("orders.csv", "customers.csv", "campaign.csv", "applications.csv",
+                                                     "returns.csv", "repayments.csv")],
                                   "--out", str(draft)])
     assert r.exit_code == 0, r.output
     raw = yaml.safe_load(draft.read_text())
@@ -212,6 +213,16 @@ def test_data_init_drafts_blanks_that_check_and_run_refuse(synth, tmp_path):
     assert raw["economics"]["discounts"] == {"holdout": None, "promo_a": None, "promo_b": None, "promo_c": None}
     assert raw["semantics"]["revenue"] is None and raw["semantics"]["timezone"] is None  # offsets seen: zone asked
     assert raw["tables"]["applications"]["label_values"] == {"bad": None, "good": None}
+    # returns and instalments guessed from their names and content; what they mean is asked, not assumed
+    assert raw["tables"]["transactions"]["columns"]["payment_method"] == "paid_with"
+    assert raw["tables"]["campaign"]["columns"]["returned_revenue"] == "returned_list_value"
+    assert raw["tables"]["returns"]["columns"] == {"customer_id": "client_ref", "order_id": "order_no",
+                                                   "returned_at": "returned_on", "amount": "refund"}
+    assert raw["tables"]["repayments"]["columns"] == {
+        "customer_id": "client_ref", "credit_id": "loan_ref", "issued_at": "started", "due_date": "due",
+        "paid_at": "paid", "amount_due": "due_amount", "amount_paid": "paid_amount"}
+    assert raw["semantics"]["returns"] is None and raw["economics"]["returns"] == {"counted": None,
+                                                                                   "handling_cost": None}
     r = CliRunner().invoke(main, ["data", "init", str(folder / "orders.csv"), "--out", str(draft)])
     assert r.exit_code == 2 and "exists" in r.output  # never overwritten without --force
     # the blanks are refused with their keys, one after the other, until --data-set fills them in
@@ -223,6 +234,21 @@ def test_data_init_drafts_blanks_that_check_and_run_refuse(synth, tmp_path):
         value = {"tables.campaign.control": "holdout", "tables.campaign.label_values.N": 0}.get(key, 1)
         fills += ["--data-set", f"{key}={value}"]
     assert not (tmp_path / "u.json").exists()
+
+
+def test_returns_economics_and_semantics_blanks_are_refused_naming_the_key(files):
+    blank = {"counted": None, "handling_cost": None}
+    msg = refused(edit(files, lambda d: d["economics"].update(returns=dict(blank))), lambda d: d.policy())
+    assert "key 'economics.returns.counted': not set" in msg
+    msg = refused(edit(files, lambda d: d["economics"].update(returns={**blank, "counted": True})), lambda d: d.policy())
+    assert "key 'economics.returns.handling_cost': not set" in msg
+    msg = refused(edit(files, lambda d: d["economics"].pop("returns")), lambda d: d.campaign_data() and
+                  __import__("offerlab.uplift.returns", fromlist=["x"]).check_returns_declared(d.campaign_data(), None))
+    assert "returned_revenue" in msg and "economics.returns" in msg
+    from offerlab.data.spec import SpecData, family_overrides
+
+    spec = edit(files, lambda d: d["semantics"].update(returns="net"))
+    assert family_overrides(SpecData.load(spec), "timing")["data"]["returns"] == "net"  # the timing family's key
 
 
 def test_a_declared_design_must_cover_every_level_and_sum_to_one(files):

@@ -15,7 +15,7 @@ from offerlab.data.stranger import LEVEL_NAMES, write_stranger_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
-    "timing": {"defaults": str(ROOT / "configs/timing/default.yaml"),
+    "timing": {"defaults": str(ROOT / "configs/timing/default.yaml"), "data": {"returns": "keep"},
                "training": {"max_epochs": 2, "seeds": [0], "patience": 1, "validation_days": 28},
                "prediction": {"n_samples": 20}, "counts": {"steps": 40, "members": 1}},
     "uplift": {"base": str(ROOT / "configs/uplift/default.yaml"),
@@ -69,7 +69,8 @@ def test_uplift_through_either_door(doors):
 
     tmp, spec, configs = doors
     cfg = load_config(configs["uplift"], {"data": {"dataset": "synth", "synth_dir": str(tmp / "synth")},
-                                          "policy": {"margin": 0.4, "contact_cost": 0.1}})
+                                          "policy": {"margin": 0.4, "contact_cost": 0.1,
+                                                     "returns": {"counted": True, "handling_cost": 3.0}}})
     built = run_bench(cfg, tmp / "u_built.json", seeds=2, models=("offerlab", "t_learner"), feature_oracle=False)
     _cli("bench", "uplift", "--data", spec, "--config", configs["uplift"], "--seeds", 2, "--models",
          "offerlab,t_learner", "--out", tmp / "u_cli.json")

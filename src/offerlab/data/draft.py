@@ -20,7 +20,7 @@ NAME_HINTS = {
     "customer_id": r"^(customer|client|user|member|buyer|cust|shopper)s?$|(customer|client|user|member|buyer|account|"
                    r"cust|shopper)[ _-]?(id|no|nr|ref|number|key|code)$|^id$",
     "timestamp": r"(time|date|ordered|purchase|created|day|ts)",
-    "amount": r"(amount|value|total|price|spend|revenue|sales|paid|basket)",
+    "amount": r"(amount|value|total|price|spend|revenue|sales|paid|basket|refund)",
     "category": r"(categ|dept|department|group|class|segment|family|item|product)",
     "quantity": r"(qty|quantity|units|count|items|number_of)",
     "order_id": r"(order|invoice|receipt|basket|transaction)[ _-]?(id|no|nr|ref|number)?$",
@@ -30,7 +30,17 @@ NAME_HINTS = {
     "application_id": r"(application|app|loan|contract|credit)[ _-]?(id|no|nr|ref|number)?$",
     "applied_at": r"(appl|opened|date|created|submitted)",
     "default": r"(default|bad|outcome|target|label|delinq|charged|creditab|status)",
+    "payment_method": r"(pay[ _-]?(ment)?[ _-]?(method|type|mode|by|with|via)|paid[ _-]?(with|by|via)|tender|instrument)",
+    "returned_revenue": r"(return|refund)",
+    "returned_at": r"(return|refund|back)",
+    "credit_id": r"(loan|credit|contract|plan|agreement|order)[ _-]?(id|no|nr|ref|number)?$",
+    "issued_at": r"(issue|start|open|disburs|grant|since|from)",
+    "due_date": r"due",
+    "paid_at": r"(paid|settled|repaid)",
+    "amount_due": r"due",
+    "amount_paid": r"(paid|repaid|settled)",
 }
+TABLES = ("transactions", "customers", "campaign", "applications", "returns", "repayments")
 
 
 def _sample(path: Path) -> pd.DataFrame:
@@ -90,7 +100,8 @@ def _match(df: pd.DataFrame, canonical: str, taken: set[str], test=None) -> str 
 
 
 def guess_table(df: pd.DataFrame) -> str:
-    """transactions, customers, campaign or applications, from the columns' names and content."""
+    """transactions, customers, campaign, applications, returns or repayments, from the columns' names and
+    content."""
     names = [str(c).lower() for c in df.columns]
     few_levels = [c for c in df.columns if not pd.api.types.is_float_dtype(df[c]) and 2 <= df[c].nunique() <= 12
                   and re.search(NAME_HINTS["treatment"], str(c).lower())]
@@ -100,6 +111,10 @@ def guess_table(df: pd.DataFrame) -> str:
         return "applications"
     if few_levels and binary:
         return "campaign"
+    if any(re.search(r"due", n) for n in names) and any(re.search(NAME_HINTS["amount_paid"], n) for n in names):
+        return "repayments"  # instalments: what was due, and when it was paid
+    if any(re.search(r"(return|refund)", n) for n in names):
+        return "returns"
     id_col = _match(df, "customer_id", set()) or df.columns[0]
     dates = [c for c in df.columns if _is_date(df[c])]
     if dates and df[id_col].duplicated().any():
@@ -126,6 +141,7 @@ def _block(df: pd.DataFrame, table: str, path: Path, spec_dir: Path) -> tuple[di
         pick("order_id")
         pick("amount", lambda s: numeric(s) and not _is_date(s))
         pick("quantity", lambda s: numeric(s) and (s.dropna() % 1 == 0).all())
+        pick("payment_method", lambda s: not numeric(s))
         pick("category", lambda s: not numeric(s))
         if "amount" not in cols:
             notes.append("no amount column found: timing trains on dates alone; map `amount` if the log has one")
@@ -133,12 +149,27 @@ def _block(df: pd.DataFrame, table: str, path: Path, spec_dir: Path) -> tuple[di
         pick("treatment", lambda s: 2 <= s.nunique() <= 12)
         pick("conversion", lambda s: _binary_values(s) is not None)
         pick("revenue", lambda s: numeric(s))
+        pick("returned_revenue", lambda s: numeric(s))
+    elif table == "returns":
+        pick("order_id")
+        pick("returned_at", _is_date)
+        pick("amount", lambda s: numeric(s) and not _is_date(s))
+    elif table == "repayments":
+        pick("credit_id")
+        pick("due_date", _is_date)
+        pick("paid_at", _is_date)
+        pick("issued_at", _is_date)
+        pick("amount_due", lambda s: numeric(s) and not _is_date(s))
+        pick("amount_paid", lambda s: numeric(s) and not _is_date(s))
     elif table == "applications":
         pick("application_id")
         pick("applied_at", _is_date)
         pick("default", lambda s: _binary_values(s) is not None)
     required = {"transactions": ("customer_id", "timestamp"), "customers": ("customer_id",),
-                "campaign": ("treatment", "conversion", "revenue"), "applications": ("default",)}[table]
+                "campaign": ("treatment", "conversion", "revenue"), "applications": ("default",),
+                "returns": ("customer_id", "order_id", "returned_at", "amount"),
+                "repayments": ("customer_id", "credit_id", "issued_at", "due_date", "paid_at", "amount_due",
+                               "amount_paid")}[table]
     for canonical in required:
         if canonical not in cols:
             cols[canonical] = "FILL-IN"
@@ -162,9 +193,9 @@ def _block(df: pd.DataFrame, table: str, path: Path, spec_dir: Path) -> tuple[di
     sep = _sep(Path(path))
     if sep:
         block["read_options"] = {"sep": sep}
-    if keep and table != "transactions":
+    if keep and table in ("customers", "campaign", "applications"):
         block["keep"] = keep
-    if dates and table != "transactions":
+    if dates and table in ("customers", "campaign", "applications"):
         block["dates"] = dates
     return block, notes
 
@@ -205,7 +236,7 @@ def draft_spec(files: list[str | Path], out: str | Path, name: str | None = None
         "tables:",
     ]
     any_offsets = False
-    for table in ("transactions", "customers", "campaign", "applications"):
+    for table in TABLES:
         if table not in tables:
             continue
         block, notes, df = tables[table]
@@ -215,7 +246,8 @@ def draft_spec(files: list[str | Path], out: str | Path, name: str | None = None
         for key in ("path", "read_options", "columns", "keep", "dates"):
             if key in block:
                 lines.append(f"    {key}: {_yaml_value(block[key])}")
-        time_cols = [block["columns"].get(c) for c in ("timestamp", "applied_at")] + block.get("dates", [])
+        time_cols = [block["columns"].get(c) for c in ("timestamp", "applied_at", "returned_at", "issued_at",
+                                                        "due_date", "paid_at")] + block.get("dates", [])
         any_offsets |= any(c in df.columns and _has_offsets(df[c]) for c in time_cols if c)
         if table == "campaign":
             tcol = block["columns"].get("treatment")
@@ -247,14 +279,20 @@ def draft_spec(files: list[str | Path], out: str | Path, name: str | None = None
               + ("             # timestamps carry UTC offsets: the zone whose calendar days count (e.g. Europe/Berlin)"
                  if any_offsets else "           # naive timestamps: taken as local time"),
               "  campaign_feature_date: ~   # the day the campaign went out: features use purchases strictly before it",
-              "  campaign_assignment: check  # randomised (an RCT) | targeted (chosen by the CRM) | check (measured)",
-              "economics:"]
+              "  campaign_assignment: check  # randomised (an RCT) | targeted (chosen by the CRM) | check (measured)"]
+    if "returns" in tables:
+        lines.append("  returns: ~               # for timing: net (an order returned in full is no purchase, a partly "
+                     "returned one counts net) or keep (purchases as booked)")
+    lines.append("economics:")
     if levels:
         lines.append("  discounts:               # the discount rate of every level (0.10 = 10% off; 0 = message only)")
         lines += [f"    {_yaml_value(lv)}: ~" for lv in levels]
     lines += ["  margin: ~                # profit per unit of list-price revenue (e.g. 0.35)",
               "  contact_cost: ~          # cost of contacting one customer (0 if free)",
               "  budget: null             # total expected spend of a campaign; null = no limit"]
+    if camp is not None and "returned_revenue" in camp[0]["columns"]:
+        lines.append("  returns: {counted: ~, handling_cost: ~}   # the campaign logs what came back: count it in the "
+                     "profit (true/false), and the cost of handling one returned order (0 if none)")
     if "applications" in tables:
         terms = Path(__file__).resolve().parents[3] / "configs" / "credit" / "terms.yaml"
         lines += ["  credit:",

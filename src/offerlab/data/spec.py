@@ -79,13 +79,18 @@ class TableBlock(_Strict):
 
 class Semantics(_Strict):
     revenue: Literal["net", "gross"] | None = Field(
-        None, description="campaign revenue: net = what the customer paid (after the discount); gross = list price")
+        None, description="campaign revenue (and returned_revenue): net = what the customer paid (after the "
+        "discount); gross = list price")
     timezone: str | None = Field(None, description="the zone whose calendar days count; timestamps with offsets "
                                  "are converted to it, naive ones are taken as local already")
     campaign_feature_date: DateText | None = Field(
         None, description="the day the campaign went out: behaviour features use purchases strictly before it")
     campaign_assignment: Literal["randomised", "targeted", "check"] = Field(
         "check", description="randomised (an RCT), targeted (chosen by the CRM), or check (measure it from the log)")
+    returns: Literal["net", "keep"] | None = Field(
+        None, description="what the returns table means for purchases: net (an order returned in full is no "
+        "purchase, a partly returned one counts at its net amount) or keep (purchases as booked); the timing "
+        "family's data.returns, required by it when the spec has a returns table")
     assignment_probabilities: dict[str, float] | None = Field(
         None, description="a randomised campaign's design: each level's probability (e.g. 0.25 each); without it "
         "the arms' shares in the log are used")
@@ -109,9 +114,9 @@ class CreditEconomics(_Strict):
     income_column: str | None = Field(None, description="application column with annual income (null: none)")
 
 
-class ReturnsEconomics(_Strict):
-    counted: bool = Field(description="whether the campaign economics count profit net of returns")
-    handling_cost: float = Field(ge=0, description="cost of handling one return (shipping, processing)")
+class ReturnsEconomics(_Strict):  # blanks (a drafted spec) are refused when the economics are read, naming the key
+    counted: bool | None = Field(None, description="whether the campaign economics count profit net of returns")
+    handling_cost: float | None = Field(None, ge=0, description="cost of handling one return (shipping, processing)")
 
 
 class Economics(_Strict):
@@ -393,6 +398,12 @@ class SpecData:
                 raise self.key_error(f"economics.{key}", f"not set: {what}")
         out = {"margin": e.margin, "contact_cost": e.contact_cost, "discounts": rates, "budget": e.budget}
         if e.returns is not None:  # both keys required by the model: no default for money
+            if e.returns.counted is None:
+                raise self.key_error("economics.returns.counted", "not set: true to count the campaign's profit net "
+                                     "of what comes back (returned_revenue), false to ignore returns")
+            if e.returns.counted and e.returns.handling_cost is None:
+                raise self.key_error("economics.returns.handling_cost", "not set: the cost of handling one returned "
+                                     "order (shipping, inspection, goods that cannot be resold), 0 if none")
             out["returns"] = e.returns.model_dump()
         return out
 
@@ -411,6 +422,8 @@ class SpecData:
         if self.spec.semantics.revenue == "gross":  # list price -> what the customer paid
             d = camp["treatment"].astype(str).map(rates).to_numpy(dtype=float)
             camp = camp.assign(revenue=camp["revenue"].to_numpy() * (1.0 - d))
+            if "returned_revenue" in camp.columns:  # the same semantics: what came back, at list price
+                camp["returned_revenue"] = camp["returned_revenue"].to_numpy() * (1.0 - d)
         tx = self.table("transactions") if self.has("transactions") else None
         cust = self.table("customers") if self.has("customers") else None
         data = from_campaign(camp, control=levels[0], levels=levels, discounts=rates,
@@ -549,7 +562,8 @@ def family_overrides(data: SpecData, family: str) -> dict:
     src = {"spec": str(data.path.resolve()), "spec_set": data.overrides}
     if family == "timing":
         cal, end = data.protocol_dates()
-        return {"data": {"dataset": "spec", **src, "calibration_end": cal, "holdout_end": end},
+        returns = {"returns": data.spec.semantics.returns} if data.spec.semantics.returns else {}
+        return {"data": {"dataset": "spec", **src, "calibration_end": cal, "holdout_end": end, **returns},
                 "mlflow": {"run_name": f"timing-{data.name}"}}
     if family == "uplift":
         return {"name": f"uplift-{data.name}", "data": {"dataset": "spec", **src, "outcome": "conversion"},

@@ -36,7 +36,10 @@ def write_stranger_files(synth, out_dir: str | Path, *, amounts: bool = True, na
                            "dept": tx["category"], "order_no": tx["order_id"]})
     if amounts:
         orders.insert(2, "basket_value", tx["amount"])
+    if "payment_method" in tx.columns:
+        orders["paid_with"] = tx["payment_method"]
     orders.to_csv(out / "orders.csv", index=False)
+    history = _returns_and_repayments(synth, out)
     cu = synth.customers
     pd.DataFrame({"client_ref": cu["customer_id"], "Region": cu["region"], "AgeGroup": cu["age_band"],
                   "Channel": cu["signup_channel"], "first_seen": _offset_time(cu["acquired_at"])}
@@ -45,9 +48,14 @@ def write_stranger_files(synth, out_dir: str | Path, *, amounts: bool = True, na
     rates = {LEVEL_NAMES[k]: float(v) for k, v in meta["discounts"].items()}
     offer = camp["treatment"].map(LEVEL_NAMES)
     gross = camp["revenue"].to_numpy() / (1.0 - offer.map(rates).to_numpy(dtype=float))  # the list price
-    pd.DataFrame({"client_ref": camp["customer_id"], "offer": offer,
-                  "bought": np.where(camp["conversion"].to_numpy() == 1, "Y", "N"), "list_value": gross}
-                 ).to_csv(out / "campaign.csv", index=False)
+    campaign = pd.DataFrame({"client_ref": camp["customer_id"], "offer": offer,
+                             "bought": np.where(camp["conversion"].to_numpy() == 1, "Y", "N"), "list_value": gross})
+    camp_cols = {"customer_id": "client_ref", "treatment": "offer", "conversion": "bought", "revenue": "list_value"}
+    if "returned_revenue" in camp.columns:  # at list price too: the spec's semantics.revenue covers both
+        campaign["returned_list_value"] = camp["returned_revenue"].to_numpy() / (
+            1.0 - offer.map(rates).to_numpy(dtype=float))
+        camp_cols["returned_revenue"] = "returned_list_value"
+    campaign.to_csv(out / "campaign.csv", index=False)
     ap = synth.applications
     pd.DataFrame({"app_ref": ap["application_id"], "client_ref": ap["customer_id"],
                   "applied_on": _offset_time(ap["applied_at"]), "loan_amount": ap["requested_amount"],
@@ -58,6 +66,8 @@ def write_stranger_files(synth, out_dir: str | Path, *, amounts: bool = True, na
     tx_cols = {"customer_id": "client_ref", "timestamp": "ordered", "category": "dept", "order_id": "order_no"}
     if amounts:
         tx_cols["amount"] = "basket_value"
+    if "payment_method" in tx.columns:
+        tx_cols["payment_method"] = "paid_with"
     terms = Path(__file__).resolve().parents[3] / "configs" / "credit" / "terms.yaml"
     spec = {
         "name": name,
@@ -65,8 +75,7 @@ def write_stranger_files(synth, out_dir: str | Path, *, amounts: bool = True, na
             "transactions": {"path": "orders.csv", "columns": tx_cols, "read_options": {"dtype": {"client_ref": "str"}}},
             "customers": {"path": "customers.csv", "columns": {"customer_id": "client_ref"},
                           "keep": ["Region", "AgeGroup", "Channel", "first_seen"], "dates": ["first_seen"]},
-            "campaign": {"path": "campaign.csv", "columns": {"customer_id": "client_ref", "treatment": "offer",
-                                                            "conversion": "bought", "revenue": "list_value"},
+            "campaign": {"path": "campaign.csv", "columns": camp_cols,
                          "control": LEVEL_NAMES[meta["control"]], "label_values": {"Y": 1, "N": 0}},
             "applications": {"path": "applications.csv",
                              "columns": {"application_id": "app_ref", "customer_id": "client_ref",
@@ -82,9 +91,38 @@ def write_stranger_files(synth, out_dir: str | Path, *, amounts: bool = True, na
                       "credit": {"terms": str(terms), "amount_column": "loan_amount", "income_column": "yearly_income"}},
         "protocol": {"calibration_end": "2024-06-30", "holdout_end": "2024-12-31"},
     }
+    spec["tables"].update(history)
+    if "returns" in history:  # the built-in route's timing truth counts every order: returns kept
+        spec["semantics"]["returns"] = "keep"
+    if "returned_revenue" in camp_cols:
+        spec["economics"]["returns"] = {"counted": True, "handling_cost": float(meta["return_handling_cost"])}
     if campaign_assignment == "randomised":  # the RCT's design, as a CRM team knows it
         spec["semantics"]["assignment_probabilities"] = {LEVEL_NAMES[k]: float(v)
                                                          for k, v in meta["assignment_probs"].items()}
     path = out / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def _returns_and_repayments(synth, out: Path) -> dict:
+    """returns.csv and repayments.csv in a stranger's names (where the marketplace has them); their spec blocks."""
+    blocks = {}
+    ref = {"read_options": {"dtype": {"client_ref": "str"}}}
+    if getattr(synth, "returns", None) is not None:
+        r = synth.returns
+        pd.DataFrame({"client_ref": r["customer_id"], "order_no": r["order_id"],
+                      "returned_on": _offset_time(r["returned_at"]), "refund": r["amount"]}
+                     ).to_csv(out / "returns.csv", index=False)
+        blocks["returns"] = {"path": "returns.csv", "columns": {"customer_id": "client_ref", "order_id": "order_no",
+                                                                "returned_at": "returned_on", "amount": "refund"}, **ref}
+    if getattr(synth, "repayments", None) is not None:
+        r = synth.repayments
+        paid = _offset_time(r["paid_at"]).where(r["paid_at"].notna())  # unpaid: an empty cell
+        pd.DataFrame({"client_ref": r["customer_id"], "loan_ref": r["credit_id"],
+                      "started": _offset_time(r["issued_at"]), "due": _offset_time(r["due_date"]), "paid": paid,
+                      "due_amount": r["amount_due"], "paid_amount": r["amount_paid"]}
+                     ).to_csv(out / "repayments.csv", index=False)
+        blocks["repayments"] = {"path": "repayments.csv", "columns": {
+            "customer_id": "client_ref", "credit_id": "loan_ref", "issued_at": "started", "due_date": "due",
+            "paid_at": "paid", "amount_due": "due_amount", "amount_paid": "paid_amount"}, **ref}
+    return blocks
