@@ -236,7 +236,8 @@ def test_plan_evaluate_learn_on_a_strangers_spec(tmp_path, monkeypatch):
     p = np.array([truth[f"p_conv_{inverse[lv]}"].iloc[i] for i, lv in enumerate(rows["level"])])
     bought = np.random.default_rng(0).random(len(rows)) < p
     outcomes = pd.DataFrame({"client_ref": rows["customer_id"], "offer": rows["level"],
-                             "bought": np.where(bought, "Y", "N"), "list_value": bought * 60.0})
+                             "bought": np.where(bought, "Y", "N"), "list_value": bought * 60.0,
+                             "returned_list_value": bought * 60.0 * (np.arange(len(rows)) % 5 == 0)})
     outcomes.to_csv(tmp_path / "outcomes.csv", index=False)
     result_path = tmp_path / "result.json"
     result_path.write_text("earlier")
@@ -262,6 +263,16 @@ def test_plan_evaluate_learn_on_a_strangers_spec(tmp_path, monkeypatch):
     log = read_log(log_path)
     paid = log.revenue[(log.treatment_names == "promo_c") & (log.conversion == 1)]
     assert paid.size == 0 or np.allclose(paid, 51.0)
+    # the spec counts returns: what came back is logged (net too) and, without it, the outcomes are refused
+    back = log.returned_revenue[(log.treatment_names == "promo_c") & (log.conversion == 1)]
+    assert np.isin(np.round(back, 6), [0.0, 51.0]).all()
+    assert log.returned_revenue.sum() > 0 and (log.returned_revenue <= log.revenue + 1e-9).all()
+    canonical = pd.DataFrame({"customer_id": rows["customer_id"], "conversion": bought.astype(int),
+                              "revenue": bought * 60.0})
+    canonical.to_parquet(tmp_path / "no_returns.parquet")
+    r = _invoke("campaign", "evaluate", "--plan", plan_path, "--outcomes", tmp_path / "no_returns.parquet",
+                "--revenue", "gross", code=2)
+    assert "returned_revenue" in r.output and "count returns" in r.output
     # learn again from the campaign's own log beside the spec's campaign
     r = _invoke("train", "uplift", "--data", spec, "--config", cfg, "--no-progress", "--campaign-log", log_path)
     again = json.loads(r.stdout)

@@ -33,6 +33,7 @@ def paying(serving_models, tmp_path_factory):  # noqa: F811
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d / 'mlflow.db'}"  # the CLI's --model-uri reads this store
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment("score-returns-test")  # this store's own (an earlier test's active id is another store's)
     example = s.applications.head(5).drop(columns="default")
     example = example.join(X.head(5)[[c for c in X.columns if c not in example.columns]])
     with mlflow.start_run() as run:

@@ -218,7 +218,10 @@ def to_net_revenue(outcomes: pd.DataFrame, plan: pd.DataFrame, summary: dict, re
     d = plan.set_index(plan["customer_id"].astype(str))["level"].map(econ["discounts"]).astype(float)
     rate = outcomes["customer_id"].astype(str).map(d).fillna(0.0).to_numpy()
     gross = pd.to_numeric(outcomes["revenue"], errors="coerce")
-    return outcomes.assign(revenue=gross * (1.0 - rate))
+    out = outcomes.assign(revenue=gross * (1.0 - rate))
+    if "returned_revenue" in out.columns:  # what came back, at list price too
+        out["returned_revenue"] = pd.to_numeric(out["returned_revenue"], errors="coerce") * (1.0 - rate)
+    return out
 
 
 @campaign.command("evaluate")

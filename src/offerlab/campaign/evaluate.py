@@ -58,8 +58,8 @@ def match_outcomes(plan: pd.DataFrame, outcomes: pd.DataFrame, *, missing_as_no_
             raise DataValidationError("outcomes", "customer_id", f"{int(absent.sum())} of {len(planned)} planned "
                                       "customers have no outcome row; an absent row is not a non-buyer: add them "
                                       "(conversion 0, revenue 0) or pass --missing-as-no-purchase")
-        out.loc[absent, ["conversion", "revenue"]] = 0.0
-    for c in ("conversion", "revenue"):
+        out.loc[absent, [c for c in ("conversion", "revenue", "returned_revenue") if c in out.columns]] = 0.0
+    for c in ("conversion", "revenue") + (("returned_revenue",) if "returned_revenue" in out.columns else ()):
         v = pd.to_numeric(out[c], errors="coerce")
         bad = v.isna().to_numpy() | ~np.isfinite(v.to_numpy(dtype=float, na_value=np.nan))
         if bad.any():
@@ -69,6 +69,11 @@ def match_outcomes(plan: pd.DataFrame, outcomes: pd.DataFrame, *, missing_as_no_
         raise DataValidationError("outcomes", "conversion", "must be 0 or 1 (map the raw values with label_values)")
     if (out["revenue"] < 0).any():
         raise DataValidationError("outcomes", "revenue", f"{_row_hint((out['revenue'] < 0).to_numpy())} are negative")
+    if "returned_revenue" in out.columns:
+        bad = ((out["returned_revenue"] < 0) | (out["returned_revenue"] > out["revenue"] + 0.005)).to_numpy()
+        if bad.any():
+            raise DataValidationError("outcomes", "returned_revenue", f"{_row_hint(bad)} are outside [0, revenue]: "
+                                      "what came back of a purchase is at most what was paid for it")
     if "treatment" in out.columns:
         given = out["treatment"].astype(str).to_numpy()
         differs = ~absent & (given != plan["level"].astype(str).to_numpy())
@@ -129,6 +134,19 @@ def calibration(pred: np.ndarray, y: np.ndarray, got_planned: np.ndarray, ctl: n
     return out
 
 
+def counted_returns(econ: dict, got: pd.DataFrame) -> tuple[np.ndarray | None, float]:
+    """(returned revenue per planned customer, handling cost per return) where the plan's economics count returns
+    (its `policy.returns`, priced into its expected profits): then the outcomes must say what came back."""
+    returns = econ.get("returns") or {}
+    if not returns.get("counted"):
+        return None, 0.0
+    if "returned_revenue" not in got.columns:
+        raise DataValidationError("outcomes", "returned_revenue", "column missing: the plan's economics count returns "
+                                  "(policy.returns.counted), so its realised profit is net of them; give what came "
+                                  "back of each purchase (0 if nothing), in the campaign mapping's column with --data")
+    return got["returned_revenue"].to_numpy(dtype=float), float(returns.get("handling_cost") or 0.0)
+
+
 def evaluate(plan: pd.DataFrame, summary: dict, outcomes: pd.DataFrame, *, segment_by: str | None = None,
              missing_as_no_purchase: bool = False) -> dict:
     """The realised incremental profit of `plan` (rows and summary of `read_plan`) given its outcomes (canonical
@@ -145,7 +163,9 @@ def evaluate_matched(plan: pd.DataFrame, summary: dict, got: pd.DataFrame, *, se
     code = {lv: j for j, lv in enumerate(levels)}
     t = plan["level"].astype(str).map(code).to_numpy()
     planned = plan["planned_level"].astype(str).map(code).to_numpy()
-    y = observed_profit(t, got["revenue"].to_numpy(), d, econ["margin"], econ["contact_cost"])
+    returned, handling = counted_returns(econ, got)
+    y = observed_profit(t, got["revenue"].to_numpy(), d, econ["margin"], econ["contact_cost"], returned, handling)
+    kept = got["revenue"].to_numpy() - (0.0 if returned is None else returned)  # the discount of a return is refunded
     ctl = (t == 0).astype(float)
     e0 = plan[f"propensity_{levels[0]}"].to_numpy(dtype=float)
     mu0 = plan["expected_base_profit"].to_numpy(dtype=float)
@@ -154,8 +174,7 @@ def evaluate_matched(plan: pd.DataFrame, summary: dict, got: pd.DataFrame, *, se
               "customers": len(plan), "conversions": int(got["conversion"].sum())}
     overall = incremental_profit(y, ctl, e0, mu0)
     overall["expected"] = float(plan["expected_profit"].sum())
-    overall["realised_spend"] = float((got["revenue"].to_numpy() * d[t] / (1 - d[t]) + econ["contact_cost"] * (t > 0)
-                                       ).sum())
+    overall["realised_spend"] = float((kept * d[t] / (1 - d[t]) + econ["contact_cost"] * (t > 0)).sum())
     result["overall"] = overall
     groups = {"planned_level": plan["planned_level"].astype(str).to_numpy()}
     q = pd.qcut(plan["expected_profit_planned"].rank(method="first"), 4, labels=["q1", "q2", "q3", "q4"])

@@ -50,6 +50,8 @@ def log_from_plan(plan: pd.DataFrame, outcomes: pd.DataFrame, summary: dict) -> 
         conversion=outcomes["conversion"].to_numpy(dtype=float), revenue=outcomes["revenue"].to_numpy(dtype=float),
         levels=list(levels), propensity=plan[[f"propensity_{lv}" for lv in levels]].to_numpy(dtype=float),
         discounts=dict(summary["economics"]["discounts"]), assignment="plan",
+        returned_revenue=(outcomes["returned_revenue"].to_numpy(dtype=float) if "returned_revenue" in outcomes
+                          else None),
     )
 
 
@@ -59,6 +61,8 @@ def write_log(data: CampaignData, path: Path, name: str) -> None:
 
     frame = pd.DataFrame({"customer_id": data.customer_id, "treatment": data.treatment_names,
                           "conversion": data.conversion, "revenue": data.revenue})
+    if data.returned_revenue is not None:
+        frame["returned_revenue"] = data.returned_revenue
     for j, lv in enumerate(data.levels):
         frame[f"propensity_{lv}"] = data.propensity[:, j]
         frame[f"discount_{lv}"] = float(data.discounts[lv])
@@ -91,6 +95,7 @@ def read_log(path: str | Path) -> CampaignData:
         revenue=frame["revenue"].to_numpy(dtype=float), levels=levels,
         propensity=frame[[f"propensity_{lv}" for lv in levels]].to_numpy(dtype=float),
         discounts={lv: float(frame[f"discount_{lv}"].iloc[0]) for lv in levels}, assignment="plan",
+        returned_revenue=frame["returned_revenue"].to_numpy(dtype=float) if "returned_revenue" in frame else None,
     )
 
 
@@ -146,6 +151,10 @@ def combine_logs(logs: list[tuple[str, CampaignData]], *, min_propensity: float 
     targeted = any(d.assignment == "targeted" for d, _ in parts)
     for r in report:  # trimmed only on the doubly robust path; with known probabilities every row is used
         r["used"] = r["rows"] - r["outside_support"] if targeted else r["rows"]
+    with_returns = [d.returned_revenue is not None for d, _ in parts]
+    if any(with_returns) and not all(with_returns):
+        raise ValueError("some campaign logs carry returned_revenue and others do not: a return model learns from "
+                         "every row, so give it for all of them (0 where nothing came back) or for none")
     combined = CampaignData(
         customer_id=np.concatenate([d.customer_id for d, _ in parts]),
         features=pd.concat([d.features for d, _ in parts], ignore_index=True),
@@ -154,6 +163,7 @@ def combine_logs(logs: list[tuple[str, CampaignData]], *, min_propensity: float 
         revenue=np.concatenate([d.revenue for d, _ in parts]),
         levels=list(first.levels), propensity=np.concatenate([e for _, e in parts]),
         discounts=dict(first.discounts), assignment="targeted" if targeted else "randomised", sources=report,
+        returned_revenue=np.concatenate([d.returned_revenue for d, _ in parts]) if all(with_returns) else None,
     )
     for r in report:
         log.info("campaign log %s: %d rows, %s, propensity %s; %d used", r["log"], r["rows"], r["assignment"],

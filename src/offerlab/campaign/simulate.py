@@ -74,6 +74,7 @@ def make_world(n_customers: int, seed: int) -> World:
     synth = generate(n_customers, seed=seed)
     meta = synth.meta
     history = from_synth(synth)
+    history.returned_revenue = None  # the simulated rounds draw no returns: every log and plan prices none
     levels = history.levels
     disc = np.array([history.discounts[lv] for lv in levels])
     econ = Economics(levels, disc, float(meta["margin"]), float(meta["contact_cost"]))

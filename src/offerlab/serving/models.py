@@ -139,12 +139,18 @@ class TimingAdapter:
     winback_threshold: float = 0.5
     top_k: int = 3
     basket: object = None  # offerlab.timing.basket.BasketModel, when the model was trained with items
+    returns: str | None = None  # "keep": trained with returned orders as purchases; else a history is read net
 
     @classmethod
     def load(cls, uri: str | None = None) -> TimingAdapter:
         pm, version = load_python_model(uri or model_uri("timing"))
         return cls(pm.predictor, version, int(os.environ.get(SAMPLES_ENV, 64)),
-                   float(os.environ.get(WINBACK_ENV, 0.5)), basket=getattr(pm, "basket", None))
+                   float(os.environ.get(WINBACK_ENV, 0.5)), basket=getattr(pm, "basket", None),
+                   returns=getattr(pm, "returns", None))
+
+    def known(self, r: CustomerHistory) -> CustomerHistory:
+        """The history as training read it: net of its returns, unless the model kept returned orders."""
+        return r if self.returns == "keep" else r.net_of_returns()
 
     def validate(self, reqs: list[CustomerHistory]) -> None:
         _check_categories(reqs, self.predictor.categories, "TimingRequest")
@@ -168,7 +174,7 @@ class TimingAdapter:
         from offerlab.serving.timing_fast import MixtureAnswers, timing_state
         from offerlab.timing.counts import TPP_HORIZONS
 
-        reqs = [r.net_of_returns() for r in reqs]  # a purchase returned in full is no purchase event
+        reqs = [self.known(r) for r in reqs]  # net: a purchase returned in full is no purchase event
         self.validate(reqs)
         t0 = time.perf_counter()
         p = self.predictor

@@ -217,12 +217,15 @@ def check_amounts(models: dict, inputs: ScoreInputs, path: str | Path) -> None:
 def score_timing(model, tx: pd.DataFrame, as_of: pd.Timestamp, n_samples: int = 100,
                  returns: pd.DataFrame | None = None) -> pd.DataFrame:
     """Next-purchase answers per customer (the timing pyfunc at one instant for every chunk); with `returns`, from
-    the purchases net of those made by as_of (an order returned in full is no purchase)."""
-    if returns is not None:
+    the purchases net of those made by as_of (an order returned in full is no purchase), unless the model was trained
+    keeping returned orders as purchases (`data.returns: keep`): a history is read the way training read it."""
+    if returns is not None and getattr(model.unwrap_python_model(), "returns", None) != "keep":
         from offerlab.timing.returns import lines_net_of_returns, net_of_returns
 
         tx = lines_net_of_returns(tx, returns, as_of) if "item_id" in tx.columns else net_of_returns(tx, returns,
                                                                                                       as_of)[0]
+        if tx.empty:  # every purchase of this chunk came back: nobody to answer for
+            return pd.DataFrame({"customer_id": pd.Series([], dtype=object)})
     if "amount" not in tx.columns:  # checked here too: a model logged before amounts were optional requires them
         predictor = getattr(model.unwrap_python_model(), "predictor", None)
         if getattr(predictor, "uses_amount", True):
@@ -298,8 +301,11 @@ def _prefixed(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
 def score_offers(models: dict, tx: pd.DataFrame, customers: pd.DataFrame | None, apps: pd.DataFrame | None,
                  as_of: pd.Timestamp, n_samples: int = 100, returns: pd.DataFrame | None = None,
                  repayments: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per customer: timing_*, discount_* and (with applications) credit_* columns."""
-    out = _prefixed(score_timing(models["timing"], tx, as_of, n_samples, returns), "timing")
+    """One row per customer: timing_*, discount_* and (with applications) credit_* columns; a customer whose every
+    purchase came back has no timing answer (empty timing_* columns) but keeps the others."""
+    timing = _prefixed(score_timing(models["timing"], tx, as_of, n_samples, returns), "timing")
+    out = pd.DataFrame({"customer_id": pd.unique(tx["customer_id"])}).merge(timing, on="customer_id", how="left",
+                                                                            validate="one_to_one")
     orders = as_orders(tx)
     disc = _prefixed(score_discount(models["discount"], orders, customers, as_of), "discount")
     out = out.merge(disc, on="customer_id", how="left", validate="one_to_one")

@@ -168,9 +168,9 @@ def load_bench_returns(d) -> pd.DataFrame | None:
         sd = SpecData.load(d.spec, d.spec_set)
         if sd.has("returns"):
             if d.returns is None:
-                raise ValueError("the data has a returns table: set data.returns (net: an order returned in full is "
-                                 "no purchase and a partly returned one counts at its net amount; keep: ignore "
-                                 "returns), --set data.returns=net")
+                raise ValueError("the data has a returns table: set semantics.returns in the data spec (or "
+                                 "data.returns in the timing config): net (an order returned in full is no purchase "
+                                 "and a partly returned one counts at its net amount) or keep (ignore returns)")
             table = sd.table("returns")
     elif d.dataset == "synth" and d.returns == "net":
         from offerlab.data.synth import FILES, generate

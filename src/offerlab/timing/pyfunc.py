@@ -16,6 +16,7 @@ as before.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -36,6 +37,9 @@ class TimingPyfunc(mlflow.pyfunc.PythonModel):
         from offerlab.timing.predict import load_predictor
 
         self.predictor = load_predictor(context.artifacts["predictor"])
+        self.returns = None  # how training read a returns table: "net", "keep"; None = no table or an older model
+        if "settings" in context.artifacts:
+            self.returns = json.loads(Path(context.artifacts["settings"]).read_text()).get("returns")
         self.basket = None
         if "basket" in context.artifacts:
             from offerlab.timing.basket import BasketModel
@@ -140,15 +144,19 @@ def input_example(categories: list[str], uses_amount: bool = True) -> pd.DataFra
 
 
 def log_pyfunc(predictor, workdir: Path, name: str = "model", registered_model_name: str | None = None,
-               basket=None):
+               basket=None, returns: str | None = None):
     """Save the predictor (and the basket model, when given), log them as one pyfunc with signature and input
-    example; returns the model info."""
+    example; returns the model info. `returns`: how training read a returns table (net or keep), so scoring and
+    serving read a history's returns the same way."""
     from mlflow.models import infer_signature
 
     from offerlab.timing.predict import save_predictor
 
     path = save_predictor(predictor, Path(workdir) / "timing_predictor.pt")
     artifacts = {"predictor": str(path)}
+    if returns is not None:
+        (Path(workdir) / "settings.json").write_text(json.dumps({"returns": returns}))
+        artifacts["settings"] = str(Path(workdir) / "settings.json")
     example = input_example(predictor.categories, predictor.uses_amount)
     wrapper = TimingPyfunc()
     wrapper.predictor, wrapper.basket = predictor, basket

@@ -480,7 +480,7 @@ def train_and_log(cfg: TimingConfig, config_path: Path | None = None, progress: 
             with tempfile.TemporaryDirectory() as tmp:
                 name = "offerlab-timing" if cfg.mlflow.register_model else None
                 model_uri = log_pyfunc(model.predictor, Path(tmp), registered_model_name=name,
-                                       basket=basket).model_uri
+                                       basket=basket, returns=d.returns).model_uri
     summary = {"run_id": run.info.run_id, "metrics": metrics, "training": fit_metrics, "model_uri": model_uri,
                "oracle": oracle, "basket": basket_metrics}
     return summary, model, tx
