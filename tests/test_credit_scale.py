@@ -136,6 +136,9 @@ def test_synthetic_reader_gives_the_full_loaders_features(tmp_path):
     full = load_synth(tmp_path / "s")
     apps, tx, truth = read_synth_credit(tmp_path / "s")
     assert isinstance(tx["customer_id"].dtype, pd.CategoricalDtype)  # ids as a dictionary: small in memory
+    bare = full.transactions.drop(columns=["payment_method"])  # without payments: purchase behaviour only
+    pd.testing.assert_frame_equal(application_features(apps, tx), application_features(full.applications, bare))
+    apps, tx, _ = read_synth_credit(tmp_path / "s", payments=True)  # with them: the payment-method mix too
     pd.testing.assert_frame_equal(application_features(apps, tx), application_features(full.applications,
                                                                                         full.transactions))
     pd.testing.assert_frame_equal(truth, full.truth_credit)

@@ -230,8 +230,8 @@ def test_nightly_job_definition_parses_and_its_entry_point_scores(tables, spark,
 # ------------------------------------------------------------------------------------------- spark_udf
 def test_credit_pyfunc_through_mlflow_spark_udf_where_input_is_one_row_each(serving_models, tables, spark,  # noqa: F811
                                                                             tmp_path):
-    """Where a family's pyfunc input is one row per customer (credit: applications carrying their beh_*
-    columns), `mlflow.pyfunc.spark_udf` scores it and agrees with the scorer."""
+    """Where a family's pyfunc input is one row per customer (credit: applications carrying their beh_* and
+    ret_* / rep_* history columns), `mlflow.pyfunc.spark_udf` scores it and agrees with the scorer."""
     import mlflow
 
     from offerlab.serving.score import load_model
@@ -240,7 +240,7 @@ def test_credit_pyfunc_through_mlflow_spark_udf_where_input_is_one_row_each(serv
     apps = pd.read_parquet(paths["apps"])
     cm = load_model("credit").unwrap_python_model().model
     feats = cm.features(apps, tx)
-    beh = [c for c in feats.columns if c.startswith("beh_") and c not in apps.columns]
+    beh = [c for c in feats.columns if c.startswith(("beh_", "ret_", "rep_")) and c not in apps.columns]
     rows = apps.drop(columns="default").join(feats[beh])
     udf = mlflow.pyfunc.spark_udf(spark, "models:/offerlab-credit@champion", result_type="pd double, grade string",
                                   env_manager="local")
