@@ -64,8 +64,29 @@ def period(n_customers: int, seed: int, *, shifted: bool, keep_other: float = 0.
     return before, cust, apps, after, side
 
 
+LOG_SETTINGS = ("OFFERLAB_DECISION_LOG", "OFFERLAB_DECISION_LOG_KEY")
+
+
 def run(n_customers: int, out: str | Path, seed: int = 11, n_samples: int = 8, keep_other: float = 0.3,
         price_factor: float = 2.0) -> dict:
+    """`_run`, with the decision-log settings it sets for its two worlds put back afterwards (a test calls it in
+    the suite's process: a later service must not inherit this run's log)."""
+    from offerlab.monitor.decision_log import reset_process_log
+
+    saved = {k: os.environ.get(k) for k in LOG_SETTINGS}
+    try:
+        return _run(n_customers, out, seed, n_samples, keep_other, price_factor)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_process_log()
+
+
+def _run(n_customers: int, out: str | Path, seed: int, n_samples: int, keep_other: float,
+         price_factor: float) -> dict:
     from offerlab.credit.metrics import auc, ece
     from offerlab.monitor import drift, performance
     from offerlab.monitor.decision_log import read_decisions

@@ -153,7 +153,7 @@ def service_records(requests: list, answers: list, started_at: dt.datetime, late
     uplift = (adapters or {}).get("uplift")
     for r, a in zip(requests, answers, strict=True):  # a served batch: bounded (max batch size)
         row = {"customer_id": r.customer_id, "as_of": r.answer_time(), "status": "answered",
-               "input_hash": keyed_hash(r.model_dump_json().encode(), key), "discount_margin": None}
+               "input_hash": keyed_hash(r.model_dump_json(warnings=False).encode(), key), "discount_margin": None}
         if a.timing is not None:
             t = a.timing
             row.update(timing_version=t.model_version, p_buy_7d=t.p_buy_7d, p_buy_30d=t.p_buy_30d,
