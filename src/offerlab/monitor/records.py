@@ -120,8 +120,7 @@ def service_features(requests: list, adapters: dict | None) -> list[str]:
         if credit is not None:
             from offerlab.serving.contracts import CreditRequest
 
-            parts = [CreditRequest.model_construct(customer_id=r.customer_id, history=r.history, as_of=r.as_of,
-                                                   application=r.application) for r in reqs]
+            parts = [r.part(CreditRequest) for r in reqs]  # with its returns and repayments, as the answer had
             frame = pd.DataFrame(credit.columns(parts, credit.applications(parts)))
         else:
             frame = pd.DataFrame([r.application.fields() for r in reqs])
